@@ -1,0 +1,69 @@
+"""What every command shares: the consoles, the global --debug state, and turning errors a
+user can cause into one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from dapo_cli.errors import DapoError
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _State:
+    debug: bool = False
+
+
+state = _State()
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``Error: message`` on stderr (one line, no markup) and return the Exit to raise."""
+    err_console.print(Text("Error: ", style="bold red") + Text(message), soft_wrap=True)
+    return typer.Exit(code)
+
+
+def user_errors(fn: F) -> F:
+    """Wrap a command: a DapoError becomes one line on stderr and exit 1; anything unexpected
+    becomes one line naming the exception (exit 1); --debug shows the traceback instead."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except DapoError as exc:
+            if state.debug:
+                raise
+            raise fail(str(exc)) from None
+        except Exception as exc:
+            if state.debug:
+                raise
+            msg = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+            raise fail(msg) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_csv_option(value: str | None) -> list[str] | None:
+    """``"a,b, c"`` -> ``["a", "b", "c"]``; None stays None."""
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def is_interactive() -> bool:
+    return sys.stdout.isatty()

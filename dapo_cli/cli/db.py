@@ -1,0 +1,215 @@
+"""`dapo db`: the SQLite database: create it, import and export samples, show what it holds.
+
+Writers (`init`, `import`) create the database and apply missing migrations themselves;
+readers (`export`, `stats`) never create one and say to run `dapo db init` when it is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections import Counter
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from dapo_cli.cli.common import console, parse_csv_option, user_errors
+from dapo_cli.errors import DapoError
+from dapo_cli.paths import resolve_db_path
+from dapo_cli.records import file_format, read_records, write_records
+from dapo_cli.store import Store
+
+db_app = typer.Typer(
+    help="The SQLite database: samples, training runs and their metrics, chat interactions.",
+    epilog="Example: dapo db import data/dataset.jsonl; dapo db stats",
+    no_args_is_help=True,
+)
+app = db_app
+
+DbPath = Annotated[
+    Path | None,
+    typer.Option(help="Database file. Default: $DAPO_DB, else data/dapo.db.", show_default=False),
+]
+
+
+def say(markup: str) -> None:
+    """One message line; paths are never wrapped mid-way."""
+    console.print(markup, soft_wrap=True)
+
+
+class What(str, Enum):
+    samples = "samples"
+    interactions = "interactions"
+
+
+@db_app.command("init", epilog="Example: dapo db init --db-path data/dapo.db")
+@user_errors
+def init(db_path: DbPath = None) -> None:
+    """Create the database, or bring an older one up to date. Safe to run again.
+
+    The database is in WAL mode, so a training run, an eval and a chat can write at once.
+    """
+    path = resolve_db_path(db_path)
+    with Store(path, migrate=False) as store:
+        new = set(store.init())
+        applied = store.migrations()
+    verdict = f"applied {len(new)} migration(s)" if new else "already up to date"
+    say(f"Database [bold]{escape(str(path))}[/] (WAL mode): {verdict}")
+    table = Table("#", "migration", "applied at", "")
+    for m in applied:
+        table.add_row(
+            str(m["number"]), m["name"], m["applied_at"], "new" if m["name"] in new else ""
+        )
+    console.print(table)
+
+
+@db_app.command("import", epilog="Example: dapo db import data/dataset.jsonl --split train")
+@user_errors
+def import_(
+    file: Annotated[
+        Path, typer.Argument(help="Samples file: .jsonl, .csv or .parquet.", show_default=False)
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Split for records that have none in the file (default: train). Records "
+            "that name their own split keep it: a file written by gen-data holds both.",
+            show_default=False,
+        ),
+    ] = None,
+    db_path: DbPath = None,
+) -> None:
+    """Validate every record of FILE, then add them all in one transaction.
+
+    All or nothing: one bad record stops the import before the database is touched, naming
+    the file, line (or row) and the problem. A sample whose id is already in the database,
+    or repeated in the file, is skipped and counted. Creates the database if needed.
+    """
+    records = read_records(file, default_split=split or "train")  # validate before any write
+    with Store(resolve_db_path(db_path)) as store:
+        inserted, skipped = store.import_samples(records, source=file.name)
+    say(
+        f"{escape(str(file))} -> {escape(str(store.path))}: [bold green]{inserted} inserted[/], "
+        f"{skipped} skipped as duplicates"
+    )
+    kept = Counter(r["split"] for r in records if split and r["split"] != split)
+    if kept:
+        splits = ", ".join(f"{name}: {n}" for name, n in sorted(kept.items()))
+        say(f"{sum(kept.values())} record(s) kept the split named in the file ({splits})")
+
+
+@db_app.command(
+    "export", epilog="Example: dapo db export data/test.parquet --split test --task-type math"
+)
+@user_errors
+def export(
+    file: Annotated[
+        Path,
+        typer.Argument(help="Output file: .jsonl, .csv or .parquet.", show_default=False),
+    ],
+    split: Annotated[
+        str | None, typer.Option(help="Only this split (samples).", show_default=False)
+    ] = None,
+    task_type: Annotated[
+        str | None,
+        typer.Option(help="Only these task types, comma-separated (samples).", show_default=False),
+    ] = None,
+    what: Annotated[What, typer.Option(help="What to export.")] = What.samples,
+    db_path: DbPath = None,
+) -> None:
+    """Write samples (or chat interactions) to a file, atomically.
+
+    Samples come out in the shape `dapo db import` reads, so importing the file into a
+    fresh database gives the same samples. Nothing to export is an error.
+    """
+    file_format(file)  # a bad extension fails before any work
+    task_types = parse_csv_option(task_type)
+    if what is What.interactions and (split or task_types):
+        raise DapoError("--split and --task-type apply to samples, not interactions")
+    with Store(resolve_db_path(db_path), create=False) as store:
+        if what is What.samples:
+            rows = store.samples(split, task_types)
+        else:
+            rows = store.export_interactions()
+    if not rows:
+        raise DapoError(f"{store.path}: no {what.value} to export (see `dapo db stats`)")
+    if what is What.samples:
+        write_records(file, rows)
+    else:
+        write_rows(file, rows, json_columns=("params",))
+    say(f"{len(rows)} {what.value} written to {escape(str(file))}")
+
+
+@db_app.command("stats", epilog="Example: dapo db stats --db-path data/dapo.db")
+@user_errors
+def stats(db_path: DbPath = None) -> None:
+    """Show what the database holds: samples by split and task type, runs, metrics, chats."""
+    with Store(resolve_db_path(db_path), create=False) as store:
+        s = store.stats()
+    say(f"Database [bold]{escape(s['path'])}[/] (schema version {s['schema_version']})")
+    if s["samples"]:
+        console.print(samples_table(s["samples"]))
+    else:
+        say("samples: none yet (add some with `dapo db import FILE`)")
+    if s["runs"]:
+        runs = Table("kind", "status", "runs", title="Runs")
+        for row in s["runs"]:
+            runs.add_row(row["kind"], row["status"], str(row["count"]))
+        console.print(runs)
+    else:
+        say("runs: none yet")
+    say(f"metrics: {s['metrics']} values logged; interactions: {s['interactions']}")
+
+
+def samples_table(counts: list[dict[str, Any]]) -> Table:
+    """Counts of samples: one row per task type, one column per split, with totals."""
+    grid = {(c["task_type"], c["split"]): c["count"] for c in counts}
+    first = {"train": 0, "test": 1}
+    splits = sorted({s for _, s in grid}, key=lambda s: (first.get(s, 2), s))
+    types = sorted({t for t, _ in grid})
+    table = Table("task type", *splits, "total", title="Samples")
+    for t in types:
+        row = [grid.get((t, s), 0) for s in splits]
+        table.add_row(t, *map(str, row), str(sum(row)))
+    totals = [sum(grid.get((t, s), 0) for t in types) for s in splits]
+    table.add_row("[bold]total", *map(str, totals), f"[bold]{sum(totals)}")
+    return table
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]], json_columns: tuple[str, ...]) -> None:
+    """Write any rows as JSONL, CSV or Parquet (atomically: a temp file renamed into place).
+    ``json_columns`` hold objects: kept as objects in JSONL, JSON text elsewhere."""
+    fmt = file_format(path)
+    columns = list(rows[0])
+    flat = [{k: json.dumps(v) if k in json_columns else v for k, v in r.items()} for r in rows]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DapoError(f"{path}: cannot write here ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if fmt == ".jsonl":
+                f.writelines((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in rows)
+            elif fmt == ".csv":
+                text = io.StringIO(newline="")
+                writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(flat)
+                f.write(text.getvalue().encode())
+            else:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                pq.write_table(pa.Table.from_pylist(flat), f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
