@@ -1,0 +1,229 @@
+"""`dapo train` (DAPO) and `dapo sft` (the supervised warm start)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dapo_cli.cli.common import console, user_errors
+from dapo_cli.config import load_config
+from dapo_cli.observer import TrainObserver
+
+app = typer.Typer()
+
+_STEP_FIELDS = (
+    ("reward", "reward_mean", "{:+.2f}"),
+    ("acc", "accuracy", "{:.2f}"),
+    ("len", "response_length_mean", "{:.1f}"),
+    ("filt", "groups_filtered", "{:.2f}"),
+    ("gen", "gen_batches", "{:.0f}"),
+    ("clip", "clip_frac_high", "{:.3f}"),
+    ("kl", "approx_kl", "{:.4f}"),
+    ("ent", "entropy", "{:.2f}"),
+    ("s", "step_time", "{:.1f}"),
+)
+
+
+def format_step(metrics: dict[str, float]) -> str:
+    return "  ".join(
+        f"{label} {fmt.format(metrics[key])}" for label, key, fmt in _STEP_FIELDS if key in metrics
+    )
+
+
+class RichObserver(TrainObserver):
+    """Progress bars for the warm start and the RL steps, one log line per step."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def _bar(self, name: str, total: int) -> int:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total, info="")
+        return self.tasks[name]
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(f"[dim]{text}[/dim]", highlight=False)
+
+    def sft_step(self, step: int, total: int, loss: float) -> None:
+        self.progress.update(
+            self._bar("warm start", total), completed=step, info=f"loss {loss:.3f}"
+        )
+
+    def train_step(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        self.progress.update(self._bar("dapo", total), completed=step)
+        self.progress.console.print(f"step {step:>4}  {format_step(metrics)}", highlight=False)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    )
+
+
+TRAIN_EXAMPLE = (
+    "Example: dapo train --data data/dataset.jsonl --steps 50 --group-size 8 "
+    "--set algorithm.eps_high=0.28"
+)
+
+
+@app.command("train", epilog=TRAIN_EXAMPLE)
+@user_errors
+def train(
+    config: Annotated[
+        Path | None, typer.Option(help="YAML config (see templates/default.yaml).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="HF model id or local path; default: the embedded tiny model."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Samples file (.jsonl/.csv/.parquet); its train split is used."),
+    ] = None,
+    db_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="SQLite store: metrics go here, and samples come from it without --data."
+        ),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Rollout steps.")] = None,
+    group_size: Annotated[int | None, typer.Option(help="Responses per prompt (G).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Checkpoint folder.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any config field: section.key=value (repeatable)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output-dir.")
+    ] = False,
+) -> None:
+    """Fine-tune a model with DAPO: sample G responses per prompt, score them with the
+    verifiers, keep groups with signal, and apply the clipped token-level update.
+
+    With no arguments it trains the embedded tiny model (warm-started by a short supervised
+    phase, cached) on freshly generated tasks, offline. Ctrl-C finishes the step, saves a
+    checkpoint and exits; `--resume` continues from it.
+    """
+    from dapo_cli.runner import run_training  # torch and transformers load only when training
+
+    overrides = list(set_ or [])
+    flags = {
+        "model.name": model, "data.path": data, "train.steps": steps,
+        "rollout.group_size": group_size, "train.lr": lr, "train.seed": seed,
+        "output.output_dir": output_dir, "output.db_path": db_path,
+    }  # fmt: skip
+    if db_path is not None and data is None:
+        flags["data.db_path"] = db_path
+    overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
+    cfg = load_config(config, overrides)
+    _quiet_transformers()
+    with _progress() as progress:
+        result = run_training(cfg, resume=resume, observer=RichObserver(progress))
+    console.print(_summary(result))
+    console.print(f"checkpoint: {result.final_dir or '(the latest step checkpoint)'}")
+    console.print(f"metrics:    {result.db_path} (run {result.run_id})")
+    if result.status == "interrupted":
+        console.print(
+            f"interrupted at step {result.steps}; continue: the same command with --resume"
+        )
+        raise typer.Exit(130)
+
+
+def _summary(result) -> Table:
+    table = Table(title=f"DAPO {result.status} after {result.steps} steps")
+    table.add_column("metric")
+    table.add_column("first step", justify="right")
+    table.add_column("last step", justify="right")
+    if result.history:
+        first, last = result.history[0], result.history[-1]
+        for label, key, fmt in _STEP_FIELDS:
+            if key in first:
+                table.add_row(label, fmt.format(first[key]), fmt.format(last[key]))
+    return table
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+SFT_EXAMPLE = "Example: dapo sft --data data/dataset.jsonl --steps 400 --output models/sft"
+
+
+@app.command("sft", epilog=SFT_EXAMPLE)
+@user_errors
+def sft(
+    data: Annotated[Path, typer.Option(help="Samples file; its train split is used.")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="HF model id or local path; default: the embedded tiny model."),
+    ] = None,
+    output: Annotated[Path, typer.Option(help="Where to save the model.")] = Path("models/sft"),
+    steps: Annotated[int, typer.Option(help="Supervised steps.")] = 400,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    db_path: Annotated[Path | None, typer.Option(help="SQLite store for the run's loss.")] = None,
+) -> None:
+    """Supervised fine-tuning on prompt → reference answer (loss on the answer tokens): the
+    warm start that teaches a model the answer format before RL. Works on any causal LM."""
+    import torch
+
+    from dapo_cli import checkpoint
+    from dapo_cli.paths import resolve_db_path
+    from dapo_cli.policy import load_policy
+    from dapo_cli.records import read_records
+    from dapo_cli.sft import supervised_warm_start
+    from dapo_cli.store import Store
+
+    if steps < 1 or batch_size < 1 or lr <= 0:
+        from dapo_cli.errors import DapoError
+
+        raise DapoError("--steps and --batch-size must be at least 1 and --lr > 0")
+    samples = [r for r in read_records(data) if r["split"] == "train"]
+    if not samples:
+        from dapo_cli.errors import DapoError
+
+        raise DapoError(f"{data}: no samples in the train split")
+    _quiet_transformers()
+    torch.manual_seed(seed)
+    policy = load_policy(model)
+    store = Store(resolve_db_path(db_path))
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": str(data)}
+    run_id = store.start_run("sft", settings, model or "embedded")
+    with _progress() as progress:
+        bar = progress.add_task("sft", total=steps, info="")
+
+        def on_step(step: int, loss: float) -> None:
+            progress.update(bar, completed=step, info=f"loss {loss:.3f}")
+            if step % 10 == 0 or step == steps:
+                store.log_metrics(run_id, step, {"loss": loss})
+
+        try:
+            summary = supervised_warm_start(
+                policy, samples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                on_step=on_step,
+            )  # fmt: skip
+        except BaseException:
+            store.finish_run(run_id, "failed")
+            raise
+    checkpoint.save_checkpoint(output, policy.model, policy.tokenizer)
+    store.finish_run(run_id, "completed")
+    console.print(
+        f"sft: loss {summary['loss_final']:.3f} after {int(summary['steps'])} steps "
+        f"({summary['seconds']:.0f} s); saved to {output}"
+    )

@@ -1,0 +1,364 @@
+"""The one typed configuration of a training run. Each field is documented once, here: its
+default, meaning and the DAPO paper's value. ``templates/default.yaml`` and the config
+reference in the README are rendered from these definitions (``render_yaml``).
+
+Load with :func:`load_config` (YAML file + ``section.key=value`` overrides); unknown keys
+and ill-typed values fail before any work, naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dapo_cli.errors import DapoError
+
+
+def _f(default: Any, help: str, paper: str | None = None, choices: tuple | None = None) -> Any:
+    meta = {"help": help, "paper": paper, "choices": choices}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name: str | None = _f(
+        None,
+        "Hugging Face model id or local path; empty = the embedded tiny default (offline).",
+    )
+    embedded_size: str = _f(
+        "tiny-1m",
+        "Which embedded default to build when no model is given.",
+        choices=("tiny-1m", "tiny-10m"),
+    )
+    device: str = _f("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
+    dtype: str = _f(
+        "auto",
+        "auto (bf16 on capable GPUs, fp32 on CPU), float32, bfloat16 or float16.",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+
+
+@dataclass
+class DataConfig:
+    path: str | None = _f(None, "JSONL/CSV/Parquet file of samples (its 'train' split is used).")
+    db_path: str | None = _f(None, "Read samples from this SQLite store instead of a file.")
+    split: str = _f("train", "Which split to train on.")
+    task_types: list[str] = _f([], "Only these task types (empty = all in the data).")
+    max_prompt_tokens: int = _f(256, "Prompts longer than this (in tokens) are skipped.")
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = _f(8, "Responses sampled per prompt (G).", paper="16")
+    max_new_tokens: int = _f(64, "Response length limit L_max in tokens.", paper="20480")
+    temperature: float = _f(1.0, "Sampling temperature during training.", paper="1.0")
+    top_p: float = _f(1.0, "Nucleus sampling threshold (1.0 = off).", paper="1.0")
+    top_k: int = _f(0, "Top-k sampling (0 = off).")
+
+
+@dataclass
+class AlgorithmConfig:
+    eps_low: float = _f(0.2, "Lower clip range: ratio floored at 1 - eps_low when A < 0.", "0.2")
+    eps_high: float = _f(
+        0.28, "Upper clip range (Clip-Higher): ratio capped at 1 + eps_high when A > 0.", "0.28"
+    )
+    dual_clip: float | None = _f(
+        None, "Dual-clip constant c > 1 bounding negative-advantage losses (empty = off)."
+    )
+    loss_agg: str = _f(
+        "token-mean",
+        "token-mean (DAPO token-level loss) or seq-mean-token-mean (GRPO).",
+        paper="token-mean",
+        choices=("token-mean", "seq-mean-token-mean"),
+    )
+    adv_eps: float = _f(1e-6, "Added to the group std in the advantage.")
+    dynamic_sampling: bool = _f(
+        True, "Drop all-correct/all-wrong groups and regenerate until the batch is full.", "on"
+    )
+    overlong_filtering: bool = _f(True, "Mask the loss of truncated responses.", "on")
+    soft_overlong_punishment: bool = _f(True, "Add the Eq. 13 length penalty to rewards.", "on")
+    overlong_cache_len: int = _f(
+        16, "L_cache: the penalty ramps from 0 to -1 over the last this-many tokens.", "4096"
+    )
+    kl_coef: float = _f(
+        0.0, "KL penalty to a reference model (0 = none, no reference loaded).", "0"
+    )
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(20, "Optimiser rollout steps (each: sample, filter, update).")
+    train_batch_size: int = _f(8, "Prompts with signal per rollout step.", paper="512")
+    gen_batch_size: int = _f(24, "Prompts sampled per generation batch (over-sampling).", "1536")
+    max_num_gen_batches: int = _f(
+        10, "Generation batches allowed to fill one step (0 = no cap).", paper="10"
+    )
+    on_gen_cap: str = _f(
+        "error",
+        "At the cap: error (stop, say what to change) or continue (partial batch).",
+        choices=("error", "continue"),
+    )
+    mini_batch_size: int = _f(
+        8,
+        "Prompts per optimiser update; train_batch_size / mini_batch_size updates per step.",
+        paper="32 (512 responses)",
+    )
+    micro_batch_size: int = _f(32, "Responses per forward/backward (bounds memory).")
+    ppo_epochs: int = _f(1, "Passes over each rollout batch (mu).", paper="1")
+    lr: float = _f(1e-4, "AdamW learning rate.", paper="1e-6")
+    lr_schedule: str = _f(
+        "constant",
+        "After warm-up: constant or cosine.",
+        paper="constant",
+        choices=("constant", "cosine"),
+    )
+    warmup_steps: int = _f(2, "Linear LR warm-up, in rollout steps.", paper="20")
+    weight_decay: float = _f(0.1, "AdamW weight decay.", paper="0.1")
+    grad_clip: float = _f(1.0, "Clip the gradient norm to this (0 = off).", paper="1.0")
+    seed: int = _f(0, "Seed for data order, sampling and initialisation.")
+
+
+@dataclass
+class WarmStartConfig:
+    enabled: str = _f(
+        "auto",
+        "Supervised warm start before RL: auto (only for the embedded default), on, off.",
+        choices=("auto", "on", "off"),
+    )
+    steps: int = _f(400, "Supervised steps (prompt -> reference answer, loss on the answer).")
+    batch_size: int = _f(32, "Samples per supervised step.")
+    lr: float = _f(3e-3, "Peak learning rate (linear warm-up, then cosine decay).")
+    max_seconds: float | None = _f(None, "Stop the warm start after this long (empty = no limit).")
+
+
+@dataclass
+class OutputConfig:
+    output_dir: str = _f("models/checkpoints", "Where checkpoints go (dapo_final at the end).")
+    save_every: int = _f(10, "Save a checkpoint every this many steps (0 = only the final).")
+    keep_checkpoints: int = _f(2, "How many step checkpoints to keep (the final is always kept).")
+    db_path: str | None = _f(None, "SQLite store for runs and metrics (default data/dapo.db).")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTION_HELP = {
+    "model": "Which model to train and where it runs.",
+    "data": "Where the training samples come from.",
+    "rollout": "Sampling responses from the policy.",
+    "algorithm": "The DAPO techniques; each is a switch, so plain GRPO is a configuration.",
+    "train": "Batching, optimiser and schedule.",
+    "warm_start": "The supervised phase that teaches a fresh model the answer format.",
+    "output": "Checkpoints and the metrics store.",
+}
+
+
+# ------------------------------------------------------------------ loading and checking
+
+
+def _coerce(where: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the annotation ``hint``; YAML/CLI strings are converted."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        empty = value is None or (isinstance(value, str) and value.lower() in ("", "null", "none"))
+        if empty and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(where, value, inner[0])
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise DapoError(f"config {where}: expected a list, got {value!r}")
+        return [_coerce(where, v, args[0]) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise DapoError(f"config {where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise DapoError(f"config {where}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise DapoError(f"config {where}: expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise DapoError(f"config {where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise DapoError(f"config {where}: expected a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise DapoError(f"config {where}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {hint} at {where}")
+
+
+def _section_hints(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def apply(config: Config, section: str, key: str, value: Any) -> None:
+    """Set ``section.key`` to ``value`` after checking name, type and allowed choices."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    if section not in sections:
+        raise DapoError(f"config: unknown section {section!r} (known: {', '.join(sections)})")
+    obj = getattr(config, section)
+    fields_ = {f.name: f for f in dataclasses.fields(obj)}
+    if key not in fields_:
+        raise DapoError(
+            f"config: unknown key {section}.{key} (known: {', '.join(sorted(fields_))})"
+        )
+    coerced = _coerce(f"{section}.{key}", value, _section_hints(type(obj))[key])
+    choices = fields_[key].metadata.get("choices")
+    if choices and coerced not in choices:
+        raise DapoError(
+            f"config {section}.{key}: {coerced!r} is not one of {', '.join(map(str, choices))}"
+        )
+    setattr(obj, key, coerced)
+
+
+def validate(config: Config) -> Config:
+    """Cross-field checks that a single field cannot see."""
+    t, r, a = config.train, config.rollout, config.algorithm
+    checks = [
+        (t.steps >= 1, "train.steps must be at least 1"),
+        (r.group_size >= 1, "rollout.group_size must be at least 1"),
+        (r.max_new_tokens >= 1, "rollout.max_new_tokens must be at least 1"),
+        (r.temperature > 0, "rollout.temperature must be > 0"),
+        (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (t.train_batch_size >= 1, "train.train_batch_size must be at least 1"),
+        (t.gen_batch_size >= 1, "train.gen_batch_size must be at least 1"),
+        (t.max_num_gen_batches >= 0, "train.max_num_gen_batches must be >= 0"),
+        (
+            1 <= t.mini_batch_size <= t.train_batch_size,
+            "train.mini_batch_size must be between 1 and train.train_batch_size",
+        ),
+        (t.micro_batch_size >= 1, "train.micro_batch_size must be at least 1"),
+        (t.ppo_epochs >= 1, "train.ppo_epochs must be at least 1"),
+        (t.lr > 0, "train.lr must be > 0"),
+        (a.eps_low >= 0 and a.eps_high >= 0, "algorithm.eps_low/eps_high must be >= 0"),
+        (a.dual_clip is None or a.dual_clip > 1, "algorithm.dual_clip must be > 1 (or empty)"),
+        (
+            0 <= a.overlong_cache_len < r.max_new_tokens,
+            "algorithm.overlong_cache_len must be in [0, rollout.max_new_tokens)",
+        ),
+        (a.kl_coef >= 0, "algorithm.kl_coef must be >= 0"),
+        (config.warm_start.steps >= 1, "warm_start.steps must be at least 1"),
+        (config.warm_start.batch_size >= 1, "warm_start.batch_size must be at least 1"),
+        (config.output.save_every >= 0, "output.save_every must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise DapoError(f"config: {message}")
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then ``section.key=value`` overrides."""
+    import yaml
+
+    config = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise DapoError(f"config file {p} not found")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise DapoError(f"config file {p} is not valid YAML ({exc})".splitlines()[0]) from None
+        if not isinstance(raw, dict):
+            raise DapoError(f"config file {p}: expected sections (model:, train:, ...) at top")
+        for section, values in raw.items():
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise DapoError(f"config file {p}: section {section!r} must be a mapping")
+            for key, value in values.items():
+                apply(config, str(section), str(key), value)
+    for item in overrides or []:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot:
+            raise DapoError(f"--set expects section.key=value, got {item!r}")
+        apply(config, section, key, value.strip())
+    return validate(config)
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def _yaml_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value)
+
+
+def render_yaml() -> str:
+    """``templates/default.yaml``: every field with its default, meaning and paper value."""
+    lines = [
+        "# dapo train --config templates/default.yaml",
+        "# Generated from dapo_cli/config.py (python -m dapo_cli.config > templates/default.yaml).",
+        "# Every field, its default, what it means and the DAPO paper's value.",
+    ]
+    for section in dataclasses.fields(Config):
+        lines += ["", f"# {SECTION_HELP[section.name]}", f"{section.name}:"]
+        for f in dataclasses.fields(section.default_factory()):
+            meta = f.metadata
+            note = meta["help"]
+            if meta.get("choices"):
+                note += f" [{' | '.join(map(str, meta['choices']))}]"
+            if meta.get("paper"):
+                note += f" (paper: {meta['paper']})"
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name}: {_yaml_value(default)}  # {note}")
+    return "\n".join(lines) + "\n"
+
+
+def reference_table() -> str:
+    """The config reference as a Markdown table (for the README)."""
+    rows = ["| field | default | meaning | paper |", "|---|---|---|---|"]
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory()):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            meaning = f.metadata["help"]
+            if f.metadata.get("choices"):
+                meaning += f" ({' / '.join(map(str, f.metadata['choices']))})"
+            rows.append(
+                f"| `{section.name}.{f.name}` | `{_yaml_value(default)}` | {meaning} "
+                f"| {f.metadata.get('paper') or ''} |"
+            )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_yaml(), end="")

@@ -1,0 +1,66 @@
+"""A policy: a causal LM with its tokenizer, and how to turn prompts into token ids for it
+(chat template when the tokenizer has one, plain text otherwise; which ids stop a response)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dapo_cli.models import format_prompt, load_model_and_tokenizer
+
+# Tokens that end an assistant turn in the chat formats we know, besides the tokenizer's EOS.
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>")
+
+
+@dataclass
+class Policy:
+    model: Any
+    tokenizer: Any
+    system: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """EOS first (what a supervised target ends with), then end-of-turn markers."""
+        ids = [int(self.tokenizer.eos_token_id)]
+        vocab = self.tokenizer.get_vocab()
+        ids += [vocab[t] for t in _END_OF_TURN if t in vocab and vocab[t] not in ids]
+        return ids
+
+    def format_prompt(self, prompt: str) -> str:
+        return format_prompt(self.tokenizer, prompt, self.system)
+
+    def encode(self, prompts: list[str], repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids and mask, each prompt repeated ``repeat`` times. (B, P)"""
+        enc = self.tokenizer(
+            [self.format_prompt(p) for p in prompts],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        )
+        ids = enc["input_ids"].repeat_interleave(repeat, dim=0).to(self.device)
+        mask = enc["attention_mask"].repeat_interleave(repeat, dim=0).to(self.device)
+        return ids, mask
+
+    def prompt_length(self, prompt: str) -> int:
+        return len(
+            self.tokenizer(self.format_prompt(prompt), add_special_tokens=False)["input_ids"]
+        )
+
+
+def load_policy(name_or_path=None, **kwargs) -> Policy:
+    """``models.load_model_and_tokenizer`` wrapped as a Policy (model in eval mode: no
+    dropout, so sampling and training see the same function)."""
+    model, tokenizer = load_model_and_tokenizer(name_or_path, **kwargs)
+    model.eval()
+    return Policy(model, tokenizer)

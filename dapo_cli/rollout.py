@@ -1,0 +1,230 @@
+"""Batched sampling from a causal LM: purely token id sequences in, token id sequences,
+masks, log-probs and truncation flags out. It knows nothing of tasks or rewards.
+
+One lean loop over the KV cache samples every sequence of the batch together (left-padded
+prompts, explicit position ids), so the behaviour policy's log-probs of the sampled tokens
+come for free; they are the "old" log-probs of the update (never recomputed from decoded
+and re-tokenised text). The log-probs are those of the temperature-scaled distribution
+(as verl and TRL compute them), before top-p/top-k truncation.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from dapo_cli.algorithm import entropy_from_logits, token_logprobs
+
+
+@dataclass
+class Rollout:
+    """The result of sampling: B = prompts × group size, P = prompt length, T = response length."""
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P) 1 for real prompt tokens
+    response_ids: torch.Tensor  # (B, T) right-padded with pad_token_id
+    response_mask: torch.Tensor  # (B, T) 1 for generated tokens, EOS included
+    logprobs: torch.Tensor  # (B, T) behaviour log-probs of the sampled tokens (0 where masked)
+    truncated: torch.Tensor  # (B,) bool: hit max_new_tokens without EOS
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)  # (B,)
+
+    def select(self, index: torch.Tensor | list[int]) -> Rollout:
+        """The rows ``index``, with columns that are padding in every chosen row dropped."""
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.prompt_ids.device)
+        pm, rm = self.prompt_mask[idx], self.response_mask[idx]
+        first = int(pm.any(0).long().argmax()) if bool(pm.any()) else pm.size(1) - 1
+        last = int(rm.any(0).nonzero().max()) + 1 if bool(rm.any()) else 1
+        return Rollout(
+            prompt_ids=self.prompt_ids[idx, first:],
+            prompt_mask=pm[:, first:],
+            response_ids=self.response_ids[idx, :last],
+            response_mask=rm[:, :last],
+            logprobs=self.logprobs[idx, :last],
+            truncated=self.truncated[idx],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Rollout], pad_token_id: int) -> Rollout:
+        """Stack rollouts of different lengths: prompts padded on the left, responses on
+        the right."""
+        p_len = max(r.prompt_ids.size(1) for r in parts)
+        t_len = max(r.response_ids.size(1) for r in parts)
+
+        def pad(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+            extra = width - t.size(1)
+            if extra == 0:
+                return t
+            fill = torch.full((t.size(0), extra), value, dtype=t.dtype, device=t.device)
+            return torch.cat([fill, t] if left else [t, fill], dim=1)
+
+        return Rollout(
+            prompt_ids=torch.cat([pad(r.prompt_ids, p_len, pad_token_id, True) for r in parts]),
+            prompt_mask=torch.cat([pad(r.prompt_mask, p_len, 0, True) for r in parts]),
+            response_ids=torch.cat(
+                [pad(r.response_ids, t_len, pad_token_id, False) for r in parts]
+            ),
+            response_mask=torch.cat([pad(r.response_mask, t_len, 0, False) for r in parts]),
+            logprobs=torch.cat([pad(r.logprobs, t_len, 0.0, False) for r in parts]),
+            truncated=torch.cat([r.truncated for r in parts]),
+        )
+
+    def response_texts(self, tokenizer) -> list[str]:
+        """Decoded responses without special tokens (for the verifiers and for logging)."""
+        return [
+            tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+            for ids, mask in zip(self.response_ids, self.response_mask, strict=True)
+        ]
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count only real tokens, so left padding does not shift them. (B, L)"""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (top-p) set to -inf. logits: (B, V)"""
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # (B, V)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the mass before it already reaches top_p (the first always stays)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@cache
+def _forward_params(model_cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(model_cls.forward).parameters)
+
+
+def _step_kwargs(model, past) -> dict:
+    """The KV-cache argument under its name in this transformers version (``cache`` in
+    recent 5.x, ``past_key_values`` before)."""
+    params = _forward_params(type(model))
+    kwargs = {"use_cache": True}
+    if past is not None:
+        kwargs["cache" if "cache" in params else "past_key_values"] = past
+    return kwargs
+
+
+def _cache_of(out):
+    past = getattr(out, "cache", None)
+    return past if past is not None else out.past_key_values
+
+
+def _last_logits_kwargs(model) -> dict:
+    """Ask for the last position's logits only (the prefill does not need the rest)."""
+    params = _forward_params(type(model))
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample one response per row of ``prompt_ids`` (repeat rows for G samples per prompt).
+
+    Stops at any of ``eos_token_ids`` (the EOS is part of the response) or after
+    ``max_new_tokens`` (then ``truncated`` is True). ``greedy`` takes the argmax.
+    """
+    device = prompt_ids.device
+    batch = prompt_ids.size(0)
+    eos = torch.tensor(sorted(set(eos_token_ids)), device=device)
+    mask = prompt_mask.long()  # (B, P), grows by one column per step
+    positions = position_ids_from_mask(mask)  # (B, P)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        **_step_kwargs(model, None),
+        **_last_logits_kwargs(model),
+    )
+    past = _cache_of(out)
+    next_logits = out.logits[:, -1, :]  # (B, V)
+    next_pos = positions[:, -1:] + 1  # (B, 1)
+
+    tokens, logps, alive_cols = [], [], []
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        logits = next_logits.float() / temperature  # (B, V)
+        logp = torch.log_softmax(logits, dim=-1)
+        if greedy:
+            tok = logits.argmax(-1)  # (B,)
+        else:
+            probs = filter_logits(logits, top_k, top_p).softmax(-1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        alive = ~finished
+        tok = torch.where(alive, tok, torch.full_like(tok, pad_token_id))
+        tokens.append(tok)
+        logps.append(torch.where(alive, logp.gather(-1, tok[:, None]).squeeze(-1), 0.0))
+        alive_cols.append(alive)
+        finished = finished | torch.isin(tok, eos)
+        if bool(finished.all()):
+            break
+        mask = torch.cat([mask, alive.long()[:, None]], dim=-1)
+        out = model(
+            input_ids=tok[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
+            **_step_kwargs(model, past),
+        )
+        past = _cache_of(out)
+        next_logits = out.logits[:, -1, :]
+        next_pos = next_pos + 1
+
+    response_ids = torch.stack(tokens, dim=1)  # (B, T)
+    response_mask = torch.stack(alive_cols, dim=1).long()  # (B, T)
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask.long(),
+        response_ids=response_ids,
+        response_mask=response_mask,
+        logprobs=torch.stack(logps, dim=1),
+        truncated=~finished,
+    )
+
+
+def sequence_logprobs(
+    model, rollout: Rollout, temperature: float = 1.0, *, return_entropy: bool = False
+):
+    """Log-probs (B, T) of the rollout's response tokens under ``model`` (with gradients when
+    enabled), computed on the same token ids and positions as sampling used; with
+    ``return_entropy`` also the per-token entropy (B, T) of the temperature-scaled policy."""
+    input_ids = torch.cat([rollout.prompt_ids, rollout.response_ids], dim=1)  # (B, P+T)
+    mask = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1)  # (B, P+T)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    p = rollout.prompt_ids.size(1)
+    logits = out.logits[:, p - 1 : -1, :]  # (B, T, V): position t predicts response token t
+    if temperature != 1.0:
+        logits = logits / temperature
+    logprobs = token_logprobs(logits, rollout.response_ids)  # (B, T)
+    if not return_entropy:
+        return logprobs
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits.detach())  # (B, T)
+    return logprobs, entropy

@@ -1,0 +1,254 @@
+"""A training run from a config: data, model (with the warm start for the embedded default),
+the step loop, metrics to the store, checkpoints, resume and Ctrl-C.
+
+The CLI calls :func:`run_training` and renders what it reports through a ``TrainObserver``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dapo_cli import checkpoint as ckpt
+from dapo_cli.config import Config
+from dapo_cli.datagen import generate_dataset
+from dapo_cli.errors import DapoError
+from dapo_cli.models import embedded_base, models_root
+from dapo_cli.observer import TrainObserver
+from dapo_cli.paths import resolve_db_path
+from dapo_cli.policy import Policy, load_policy
+from dapo_cli.records import read_records
+from dapo_cli.sft import supervised_warm_start
+from dapo_cli.store import Store
+from dapo_cli.trainer import PromptStream, lr_lambda, rollout_step
+
+DEFAULT_DATA_SIZE = 2000  # samples generated when no data is given
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    status: str  # completed | interrupted
+    steps: int
+    final_dir: Path | None
+    db_path: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def load_samples(config: Config, observer: TrainObserver) -> list[dict[str, Any]]:
+    """The training split from the store, a file, or (neither given) freshly generated."""
+    d = config.data
+    if d.db_path:
+        samples = Store(d.db_path, create=False).samples(
+            split=d.split, task_types=d.task_types or None
+        )
+        where = f"{d.db_path} (split {d.split})"
+    elif d.path:
+        samples = [r for r in read_records(d.path) if r["split"] == d.split]
+        where = f"{d.path} (split {d.split})"
+    else:
+        samples = [
+            r
+            for r in generate_dataset(DEFAULT_DATA_SIZE, seed=config.train.seed)
+            if r["split"] == "train"
+        ]
+        where = f"{DEFAULT_DATA_SIZE} generated samples (no --data given)"
+    if d.task_types:
+        samples = [s for s in samples if s["task_type"] in d.task_types]
+    if not samples:
+        raise DapoError(f"no training samples in {where}; check the split and task types")
+    observer.message(f"data: {len(samples)} samples from {where}")
+    return samples
+
+
+def _warm_start_dir(config: Config, samples: list[dict[str, Any]]) -> Path:
+    """Where the warm-started embedded model for these samples and settings is cached."""
+    w = config.warm_start
+    key = json.dumps(
+        {"size": config.model.embedded_size, "steps": w.steps, "batch": w.batch_size,
+         "lr": w.lr, "max_s": w.max_seconds, "seed": config.train.seed,
+         "ids": sorted(s["id"] for s in samples)},
+        sort_keys=True,
+    )  # fmt: skip
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return models_root() / "embedded" / f"{config.model.embedded_size}-warm-{digest}"
+
+
+def warm_start(config: Config, samples: list[dict[str, Any]], observer: TrainObserver) -> Path:
+    """The embedded model after the supervised warm start; built once, then reused."""
+    target = _warm_start_dir(config, samples)
+    if (target / "config.json").is_file():
+        observer.message(f"warm start: reusing {target}")
+        return target
+    base = embedded_base(config.model.embedded_size)
+    policy = load_policy(str(base), device=config.model.device, dtype=config.model.dtype)
+    _supervise(policy, samples, config, observer)
+    ckpt.save_checkpoint(target, policy.model, policy.tokenizer)
+    observer.message(f"warm start: saved to {target}")
+    return target
+
+
+def _supervise(policy: Policy, samples, config: Config, observer: TrainObserver) -> None:
+    w = config.warm_start
+    torch.manual_seed(config.train.seed)
+    observer.message(f"warm start: {w.steps} supervised steps on {len(samples)} samples")
+    summary = supervised_warm_start(
+        policy, samples, steps=w.steps, batch_size=w.batch_size, lr=w.lr,
+        seed=config.train.seed, max_seconds=w.max_seconds,
+        on_step=lambda step, loss: observer.sft_step(step, w.steps, loss),
+    )  # fmt: skip
+    observer.message(
+        f"warm start: loss {summary['loss_final']:.3f} after {int(summary['steps'])} steps "
+        f"({summary['seconds']:.0f} s)"
+    )
+
+
+class _GracefulInterrupt:
+    """First Ctrl-C: finish the current step, save, exit. Second: stop at once."""
+
+    def __init__(self, observer: TrainObserver):
+        self.requested = False
+        self.observer = observer
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.observer.message("interrupt: finishing this step, then saving (Ctrl-C again to abort)")
+
+    @contextlib.contextmanager
+    def installed(self):
+        try:
+            previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: leave the default behaviour
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _trainer_state(step, run_id, stream, optimizer, scheduler, generator, rng) -> dict:
+    return {
+        "step": step, "run_id": run_id, "stream": stream.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(), "rng": rng.getstate(),
+        "torch_rng": torch.get_rng_state(),
+    }  # fmt: skip
+
+
+def run_training(
+    config: Config, *, resume: bool = False, observer: TrainObserver | None = None
+) -> TrainResult:
+    """Train with DAPO as ``config`` says; returns where things went and the metrics."""
+    observer = observer or TrainObserver()
+    out_dir = Path(config.output.output_dir)
+    resume_from = ckpt.latest_checkpoint(out_dir) if resume else None
+    if resume and resume_from is None:
+        raise DapoError(f"--resume: no checkpoint under {out_dir}; start without --resume")
+
+    samples = load_samples(config, observer)
+    if resume_from is not None:
+        source, warm = str(resume_from), False
+    elif config.model.name:
+        source, warm = config.model.name, config.warm_start.enabled == "on"
+    else:  # the embedded default: warm-started (and cached) unless switched off
+        embedded = (
+            warm_start(config, samples, observer)
+            if config.warm_start.enabled != "off"
+            else embedded_base(config.model.embedded_size)
+        )
+        source, warm = str(embedded), False
+    policy = load_policy(source, device=config.model.device, dtype=config.model.dtype)
+    if warm:
+        _supervise(policy, samples, config, observer)
+    if config.model.gradient_checkpointing:
+        policy.model.gradient_checkpointing_enable()
+    samples = _fitting_prompts(policy, samples, config.data.max_prompt_tokens, observer)
+    reference = None
+    if config.algorithm.kl_coef > 0:
+        reference = load_policy(source, device=config.model.device, dtype=config.model.dtype).model
+
+    t = config.train
+    torch.manual_seed(t.seed)
+    optimizer = torch.optim.AdamW(
+        [p for p in policy.model.parameters() if p.requires_grad],
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    stream = PromptStream(samples, t.seed)
+    generator = torch.Generator(device=policy.device).manual_seed(t.seed)
+    rng = random.Random(f"dapo-minibatch:{t.seed}")
+    step = 0
+
+    db_path = resolve_db_path(config.output.db_path)
+    store = Store(db_path)
+    if resume_from is not None:
+        state = ckpt.load_trainer_state(resume_from)
+        step, run_id = state["step"], state["run_id"]
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        stream.load_state_dict(state["stream"])
+        generator.set_state(state["generator"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        store.reopen_run(run_id, step)
+        observer.message(f"resumed from {resume_from} at step {step}")
+    else:
+        run_id = store.start_run("train", config.to_dict(), source)
+
+    def save(path: Path) -> None:
+        state = _trainer_state(step, run_id, stream, optimizer, scheduler, generator, rng)
+        ckpt.save_checkpoint(path, policy.model, policy.tokenizer, state)
+
+    history: list[dict[str, float]] = []
+    status = "completed"
+    interrupt = _GracefulInterrupt(observer)
+    try:
+        with interrupt.installed():
+            while step < t.steps:
+                metrics = rollout_step(
+                    policy, optimizer, scheduler, stream, config, generator, rng, reference
+                )
+                step += 1
+                history.append(metrics)
+                store.log_metrics(run_id, step, metrics)
+                observer.train_step(step, t.steps, metrics)
+                every = config.output.save_every
+                if interrupt.requested or (every and step % every == 0 and step < t.steps):
+                    save(ckpt.step_dir(out_dir, step))
+                    ckpt.prune_checkpoints(out_dir, config.output.keep_checkpoints)
+                if interrupt.requested:
+                    status = "interrupted"
+                    break
+    except BaseException:
+        store.finish_run(run_id, "failed" if not interrupt.requested else "interrupted")
+        raise
+    final_dir = None
+    if status == "completed":
+        final_dir = out_dir / ckpt.FINAL_NAME
+        save(final_dir)
+    store.finish_run(run_id, status)
+    return TrainResult(run_id, status, step, final_dir, db_path, history)
+
+
+def _fitting_prompts(policy: Policy, samples, limit: int, observer: TrainObserver):
+    kept = [s for s in samples if policy.prompt_length(s["prompt"]) <= limit]
+    if len(kept) < len(samples):
+        observer.message(
+            f"data: skipped {len(samples) - len(kept)} prompts longer than {limit} tokens "
+            "(data.max_prompt_tokens)"
+        )
+    if not kept:
+        raise DapoError(f"every prompt is longer than data.max_prompt_tokens={limit}")
+    return kept

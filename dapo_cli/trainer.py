@@ -1,0 +1,306 @@
+"""The DAPO training loop: sample → score → filter → advantages → update → log → checkpoint.
+
+One rollout step:
+1. ``collect_batch`` draws ``gen_batch_size`` prompts, samples G responses each in one
+   batched generation (``rollout.sample``), scores them (``rewards.score``), adds the soft
+   overlong penalty, and — with dynamic sampling — keeps only groups that are neither
+   all-correct nor all-wrong, generating again until ``train_batch_size`` prompts carry
+   signal (or ``max_num_gen_batches`` is reached).
+2. ``update`` makes ``ppo_epochs`` passes over mini-batches of that batch; each mini-batch is
+   one optimiser step, accumulated over micro-batches with the token-mean denominator of the
+   whole mini-batch. The "old" log-probs are those recorded while sampling.
+The maths lives in ``algorithm.py``; this module only moves tensors between the pieces.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dapo_cli import algorithm as A
+from dapo_cli.config import Config
+from dapo_cli.errors import DapoError
+from dapo_cli.policy import Policy
+from dapo_cli.rewards import score
+from dapo_cli.rollout import Rollout, sample
+
+
+class PromptStream:
+    """Training samples in a seeded order, reshuffled every epoch. Its position is saved in
+    checkpoints, so a resumed run sees the same prompts in the same order."""
+
+    def __init__(self, samples: list[dict[str, Any]], seed: int):
+        if not samples:
+            raise DapoError("no training samples (check the data path, split and task types)")
+        self.samples, self.seed = samples, seed
+        self.epoch, self.index = 0, 0
+        self._order = self._shuffled(0)
+
+    def _shuffled(self, epoch: int) -> list[int]:
+        order = list(range(len(self.samples)))
+        random.Random(f"dapo-data-order:{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[dict[str, Any]]:
+        out = []
+        for _ in range(n):
+            if self.index >= len(self._order):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._shuffled(self.epoch)
+            out.append(self.samples[self._order[self.index]])
+            self.index += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._shuffled(self.epoch)
+
+
+@dataclass
+class Batch:
+    """Rollouts with signal, ready for the update. Rows are grouped G per prompt."""
+
+    rollout: Rollout
+    advantages: torch.Tensor  # (B,)
+    loss_mask: torch.Tensor  # (B, T) response mask, minus truncated samples when filtering
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def score_responses(
+    policy: Policy, rollout: Rollout, samples: list[dict], group_size: int, config: Config
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards (B,) = verifier reward (+ soft overlong penalty) and correctness (B,) bool."""
+    texts = rollout.response_texts(policy.tokenizer)
+    owners = [samples[i // group_size] for i in range(len(texts))]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # code verifiers wait on subprocesses
+        scores = list(pool.map(score, owners, texts))
+    reward = torch.tensor([s.reward for s in scores], dtype=torch.float32)  # (B,)
+    correct = torch.tensor([s.correct for s in scores], dtype=torch.bool)  # (B,)
+    a = config.algorithm
+    if a.soft_overlong_punishment:
+        lengths = rollout.lengths.cpu()
+        reward = reward + A.soft_overlong_penalty(
+            lengths, config.rollout.max_new_tokens, a.overlong_cache_len
+        )
+    return reward, correct
+
+
+def collect_batch(
+    policy: Policy, stream: PromptStream, config: Config, generator: torch.Generator
+) -> Batch:
+    """Generate and filter until ``train_batch_size`` prompts carry signal (dynamic sampling),
+    or take one batch of ``train_batch_size`` prompts as they come (dynamic sampling off)."""
+    t, r, a = config.train, config.rollout, config.algorithm
+    G = r.group_size
+    want = t.train_batch_size
+    per_batch = t.gen_batch_size if a.dynamic_sampling else want
+    kept: list[tuple[Rollout, torch.Tensor]] = []
+    n_kept = n_groups = n_batches = 0
+    seen = {"reward": [], "correct": [], "length": [], "truncated": []}
+    while n_kept < want:
+        if a.dynamic_sampling and t.max_num_gen_batches and n_batches >= t.max_num_gen_batches:
+            if t.on_gen_cap == "continue" and n_kept > 0:
+                break
+            raise DapoError(
+                f"dynamic sampling found only {n_kept} of {want} prompts with signal (neither "
+                f"all-correct nor all-wrong) in {n_batches} generation batches "
+                f"(train.max_num_gen_batches); use data nearer the model's level, raise the cap "
+                f"(--set train.max_num_gen_batches=0 for no cap), or "
+                f"--set train.on_gen_cap=continue to train on partial batches"
+            )
+        samples = stream.take(per_batch)
+        ids, mask = policy.encode([s["prompt"] for s in samples], repeat=G)
+        rollout = sample(
+            policy.model,
+            ids,
+            mask,
+            max_new_tokens=r.max_new_tokens,
+            eos_token_ids=policy.stop_ids,
+            pad_token_id=policy.pad_id,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            generator=generator,
+        )
+        n_batches += 1
+        reward, correct = score_responses(policy, rollout, samples, G, config)
+        seen["reward"].append(reward)
+        seen["correct"].append(correct)
+        seen["length"].append(rollout.lengths.cpu())
+        seen["truncated"].append(rollout.truncated.cpu())
+        keep = (
+            A.keep_informative_groups(correct, G)
+            if a.dynamic_sampling
+            else torch.ones(len(samples), dtype=torch.bool)
+        )  # (N,)
+        n_groups += len(samples)
+        adv = A.group_advantages(reward, G, a.adv_eps)  # (B,)
+        groups = keep.nonzero().flatten()[: want - n_kept].tolist()
+        if groups:
+            rows = [g * G + j for g in groups for j in range(G)]
+            kept.append((rollout.select(rows), adv[rows]))
+            n_kept += len(groups)
+
+    rollout = Rollout.concat([k[0] for k in kept], policy.pad_id)
+    advantages = torch.cat([k[1] for k in kept]).to(policy.device)
+    loss_mask = rollout.response_mask.float()
+    if a.overlong_filtering:
+        loss_mask = loss_mask * A.overlong_mask(rollout.truncated)[:, None]
+    all_correct = torch.cat(seen["correct"]).float()
+    lengths = torch.cat(seen["length"]).float()
+    groups_correct = all_correct.view(-1, G).mean(1)
+    stats = {
+        "reward_mean": float(torch.cat(seen["reward"]).mean()),
+        "accuracy": float(all_correct.mean()),
+        "response_length_mean": float(lengths.mean()),
+        "response_length_max": float(lengths.max()),
+        "truncation_rate": float(torch.cat(seen["truncated"]).float().mean()),
+        "groups_all_correct": float((groups_correct == 1).float().mean()),
+        "groups_filtered": 1.0 - n_kept / max(n_groups, 1) if a.dynamic_sampling else 0.0,
+        "gen_batches": float(n_batches),
+        "prompts_trained": float(n_kept),
+        "tokens_generated": float(lengths.sum()),
+    }
+    return Batch(rollout, advantages, loss_mask, stats)
+
+
+def update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    config: Config,
+    rng: random.Random,
+    reference=None,
+) -> dict[str, float]:
+    """``ppo_epochs`` passes over mini-batches; one optimiser step per mini-batch, with
+    micro-batch gradient accumulation exact for token-mean (global denominator)."""
+    t, r, a = config.train, config.rollout, config.algorithm
+    G = r.group_size
+    n_prompts = batch.rollout.prompt_ids.size(0) // G
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    sums: dict[str, float] = {}
+    weight = 0.0
+    n_updates = n_nonfinite = 0
+    grad_norms = []
+
+    for _ in range(t.ppo_epochs):
+        order = list(range(n_prompts))
+        rng.shuffle(order)
+        for start in range(0, n_prompts, t.mini_batch_size):
+            prompts = order[start : start + t.mini_batch_size]
+            rows = torch.tensor([p * G + j for p in prompts for j in range(G)])
+            mask_mb = batch.loss_mask[rows]  # (b, T)
+            num_tokens = mask_mb.sum()
+            num_seqs = (mask_mb.sum(-1) > 0).sum()
+            optimizer.zero_grad(set_to_none=True)
+            finite = True
+            for m0 in range(0, len(rows), t.micro_batch_size):
+                micro = rows[m0 : m0 + t.micro_batch_size]
+                sub = batch.rollout.select(micro)
+                mask = batch.loss_mask[micro][:, : sub.response_ids.size(1)].to(policy.device)
+                logp, entropy = _logprobs(policy.model, sub, r.temperature)
+                loss, st = A.policy_loss(
+                    logp,
+                    sub.logprobs,
+                    batch.advantages[micro],
+                    mask,
+                    eps_low=a.eps_low,
+                    eps_high=a.eps_high,
+                    agg=a.loss_agg,
+                    dual_clip=a.dual_clip,
+                    num_tokens=num_tokens,
+                    num_seqs=num_seqs,
+                )
+                if reference is not None and a.kl_coef > 0:
+                    with torch.no_grad():
+                        ref_logp = _logprobs(reference, sub, r.temperature)[0]
+                    kl = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1  # k3, (b, T)
+                    kl_loss = A.masked_sum(kl, mask) / num_tokens.clamp(min=1)
+                    loss = loss + a.kl_coef * kl_loss
+                    st["kl_ref"] = kl_loss.detach() * num_tokens / mask.sum().clamp(min=1)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                loss.backward()
+                w = float(mask.sum())
+                st["entropy"] = A.masked_mean(entropy, mask)
+                st["loss"] = loss.detach() * num_tokens / max(w, 1.0)
+                for k, v in st.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * w
+                weight += w
+            if finite:
+                clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+                norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                finite = bool(torch.isfinite(norm))
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                n_nonfinite += 1
+                continue
+            optimizer.step()
+            grad_norms.append(float(norm))
+            n_updates += 1
+    # no token counted (e.g. every response truncated and filtered): the loss is exactly 0
+    out = {k: v / weight if weight else math.nan for k, v in sums.items()}
+    out["loss"] = out.get("loss", math.nan) if weight else 0.0
+    out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
+    out["updates"] = float(n_updates)
+    out["nonfinite_skipped"] = float(n_nonfinite)
+    out["mean_token_prob"] = float(
+        A.masked_mean(batch.rollout.logprobs.exp(), batch.rollout.response_mask)
+    )
+    return out
+
+
+def _logprobs(model, rollout: Rollout, temperature: float):
+    from dapo_cli.rollout import sequence_logprobs
+
+    return sequence_logprobs(model, rollout, temperature, return_entropy=True)
+
+
+def lr_lambda(config: Config) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup_steps`` rollout steps, then constant or cosine to 0."""
+    t = config.train
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / (t.warmup_steps + 1)
+        if t.lr_schedule == "cosine":
+            span = max(t.steps - t.warmup_steps, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(step - t.warmup_steps, span) / span))
+        return 1.0
+
+    return factor
+
+
+def rollout_step(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    stream: PromptStream,
+    config: Config,
+    generator: torch.Generator,
+    rng: random.Random,
+    reference=None,
+) -> dict[str, float]:
+    """One full DAPO step; returns its metrics."""
+    start = time.perf_counter()
+    batch = collect_batch(policy, stream, config, generator)
+    gen_time = time.perf_counter() - start
+    metrics = {**batch.stats, **update(policy, optimizer, batch, config, rng, reference)}
+    metrics["lr"] = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    step_time = time.perf_counter() - start
+    metrics["step_time"] = step_time
+    metrics["gen_time"] = gen_time
+    metrics["tokens_per_s"] = metrics["tokens_generated"] / max(step_time, 1e-9)
+    return metrics

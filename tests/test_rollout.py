@@ -1,0 +1,97 @@
+"""Sampling: the recorded log-probs are the policy's, masks and truncation are right."""
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from dapo_cli.rollout import Rollout, filter_logits, sample, sequence_logprobs
+
+EOS, PAD = 1, 0
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def prompts():
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12], [0, 0, 0, 3, 4]])
+    return ids.repeat_interleave(4, 0), (ids != PAD).long().repeat_interleave(4, 0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_recorded_logprobs_match_a_full_forward(model, temperature):
+    ids, mask = prompts()
+    g = torch.Generator().manual_seed(0)
+    r = sample(model, ids, mask, max_new_tokens=12, eos_token_ids=[EOS, 2, 3],
+               pad_token_id=PAD, temperature=temperature, generator=g)  # fmt: skip
+    full = sequence_logprobs(model, r, temperature)
+    m = r.response_mask.bool()
+    assert torch.allclose(full[m], r.logprobs[m], atol=1e-5)
+    assert (r.logprobs[~m] == 0).all()
+
+
+def test_masks_eos_and_truncation(model):
+    ids, mask = prompts()
+    g = torch.Generator().manual_seed(1)
+    r = sample(model, ids, mask, max_new_tokens=6, eos_token_ids=[EOS, 2, 3, 4, 5],
+               pad_token_id=PAD, generator=g)  # fmt: skip
+    for row in range(r.response_ids.size(0)):
+        n = int(r.lengths[row])
+        toks = r.response_ids[row].tolist()
+        ended = any(t in (EOS, 2, 3, 4, 5) for t in toks[:n])
+        assert bool(r.truncated[row]) == (not ended)
+        if ended:  # the EOS is the last response token, padding after it
+            assert toks[n - 1] in (EOS, 2, 3, 4, 5)
+            assert all(t == PAD for t in toks[n:])
+        else:
+            assert n == 6
+    # padding rows of the same prompt do not change its samples: left padding is invisible
+    single = sample(model, ids[8:9, 3:], mask[8:9, 3:], max_new_tokens=6, greedy=True,
+                    eos_token_ids=[EOS], pad_token_id=PAD)  # fmt: skip
+    batched = sample(model, ids[8:12], mask[8:12], max_new_tokens=6, greedy=True,
+                     eos_token_ids=[EOS], pad_token_id=PAD)  # fmt: skip
+    assert torch.equal(single.response_ids[0], batched.response_ids[0])
+
+
+def test_greedy_equals_top_k_one_and_is_deterministic(model):
+    ids, mask = prompts()
+    kw = {"max_new_tokens": 8, "eos_token_ids": [EOS], "pad_token_id": PAD}
+    greedy = sample(model, ids, mask, greedy=True, **kw)
+    top1 = sample(model, ids, mask, top_k=1, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(greedy.response_ids, top1.response_ids)
+    a = sample(model, ids, mask, generator=torch.Generator().manual_seed(5), **kw)
+    b = sample(model, ids, mask, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(a.response_ids, b.response_ids)
+
+
+def test_filter_logits():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = lambda x: torch.isfinite(x)[0].tolist()  # noqa: E731
+    assert kept(filter_logits(logits, top_k=2)) == [True, True, False, False]
+    assert kept(filter_logits(logits, top_p=0.5)) == [True, False, False, False]
+    assert kept(filter_logits(logits, top_p=0.8)) == [True, True, False, False]
+    assert kept(filter_logits(logits, top_p=0.81)) == [True, True, True, False]
+    assert kept(filter_logits(logits)) == [True] * 4
+
+
+def test_select_and_concat(model):
+    ids, mask = prompts()
+    r = sample(model, ids, mask, max_new_tokens=5, eos_token_ids=[EOS], pad_token_id=PAD,
+               generator=torch.Generator().manual_seed(2))  # fmt: skip
+    part = r.select([8, 9])  # the prompt padded by three columns: they are dropped
+    assert part.prompt_ids.size(1) == 2
+    back = Rollout.concat([r.select(list(range(0, 6))), r.select(list(range(6, 12)))], PAD)
+    p, t = back.prompt_ids.size(1), back.response_ids.size(1)
+    for name in ("prompt_ids", "prompt_mask"):  # left-padded: compare the right-hand columns
+        assert torch.equal(getattr(back, name), getattr(r, name)[:, -p:]), name
+    for name in ("response_ids", "response_mask", "logprobs"):
+        assert torch.equal(getattr(back, name), getattr(r, name)[:, :t]), name
+    assert not r.response_mask[:, t:].any()  # nothing but padding was dropped
+    assert torch.equal(back.truncated, r.truncated)

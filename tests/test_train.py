@@ -1,0 +1,170 @@
+"""Training end to end on the embedded tiny model: weights change, metrics land in the store,
+checkpoints load with plain transformers, resume reproduces an uninterrupted run."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
+
+from dapo_cli import trainer
+from dapo_cli.cli.app import app
+from dapo_cli.config import load_config
+from dapo_cli.errors import DapoError
+from dapo_cli.models import embedded_base
+from dapo_cli.rewards import register_verifier
+from dapo_cli.runner import TrainObserver, run_training
+from dapo_cli.store import Store
+from dapo_cli.tasks.base import Score
+
+# Rewards a random model can earn: an even number of characters is "correct", so groups are
+# mixed and every step has signal. "test-never" is never correct.
+register_verifier("test-parity", lambda s, c: Score.binary(len(c) % 2 == 0))
+register_verifier("test-never", lambda s, c: Score.binary(False))
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "parity.jsonl"
+    rows = [
+        {"task_type": "test-parity", "prompt": f"Tell me about the number {i}.", "answer": "x",
+         "split": "train"}
+        for i in range(40)
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_config(tmp_path, data_file, *extra):
+    return load_config(None, [
+        f"data.path={data_file}", "warm_start.enabled=off", "rollout.group_size=4",
+        "rollout.max_new_tokens=8", "algorithm.overlong_cache_len=2",
+        "train.train_batch_size=2", "train.gen_batch_size=4", "train.mini_batch_size=1",
+        "train.micro_batch_size=3", "train.steps=3", "train.lr=1e-2", "train.warmup_steps=0",
+        f"output.output_dir={tmp_path / 'ck'}", f"output.db_path={tmp_path / 'd.db'}",
+        "output.save_every=2", *extra,
+    ])  # fmt: skip
+
+
+def weights(model_or_dir):
+    model = model_or_dir
+    if not isinstance(model_or_dir, torch.nn.Module):
+        model = AutoModelForCausalLM.from_pretrained(model_or_dir)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_training_changes_weights_logs_metrics_and_saves_a_loadable_model(tmp_path, data_file):
+    result = run_training(make_config(tmp_path, data_file))
+    assert result.status == "completed" and result.steps == 3
+    before, after = weights(embedded_base()), weights(result.final_dir)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "weights did not change"
+
+    store = Store(tmp_path / "d.db", create=False)
+    run = store.get_run(result.run_id)
+    assert run["status"] == "completed" and run["kind"] == "train"
+    rows = store.metrics(result.run_id)
+    assert sorted({r["step"] for r in rows}) == [1, 2, 3]
+    names = {r["name"] for r in rows}
+    for name in ("reward_mean", "accuracy", "response_length_mean", "response_length_max",
+                 "truncation_rate", "entropy", "mean_token_prob", "clip_frac_low",
+                 "clip_frac_high", "approx_kl", "loss", "grad_norm", "lr", "groups_filtered",
+                 "gen_batches", "tokens_per_s", "step_time"):  # fmt: skip
+        assert name in names, name
+    # the saved checkpoint is a plain transformers model + tokenizer
+    tok = AutoTokenizer.from_pretrained(result.final_dir)
+    model = AutoModelForCausalLM.from_pretrained(result.final_dir)
+    ids = tok("Answer: 12", return_tensors="pt")["input_ids"]
+    assert model(ids).logits.shape[-1] == len(tok)
+    assert (tmp_path / "ck" / "step_000002" / "trainer_state.pt").is_file()
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(TrainObserver):
+    def __init__(self, step):
+        self.step = step
+
+    def train_step(self, step, total, metrics):
+        if step == self.step:
+            raise Crash
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, data_file):
+    straight = run_training(make_config(tmp_path / "a", data_file, "train.steps=4"))
+    cfg = make_config(tmp_path / "b", data_file, "train.steps=4")
+    with pytest.raises(Crash):  # dies after step 3; the checkpoint of step 2 survives
+        run_training(cfg, observer=CrashAt(3))
+    resumed = run_training(cfg, resume=True)
+    assert resumed.status == "completed" and resumed.steps == 4
+    a, b = weights(straight.final_dir), weights(resumed.final_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
+    assert [h["reward_mean"] for h in resumed.history] == [
+        h["reward_mean"] for h in straight.history[2:]
+    ]
+    store = Store(tmp_path / "b" / "d.db", create=False)
+    steps = [r["step"] for r in store.metrics(resumed.run_id, "reward_mean")]
+    assert steps == [1, 2, 3, 4]  # step 3 of the crashed attempt was replaced, not duplicated
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, data_file):
+    with pytest.raises(DapoError, match="no checkpoint under"):
+        run_training(make_config(tmp_path, data_file), resume=True)
+
+
+def test_dynamic_sampling_cap_says_what_to_change(tmp_path, data_file):
+    rows = [json.loads(line) for line in data_file.read_text().splitlines()]
+    never = tmp_path / "never.jsonl"
+    never.write_text("".join(json.dumps({**r, "task_type": "test-never"}) + "\n" for r in rows))
+    cfg = make_config(tmp_path, never, "train.max_num_gen_batches=3")
+    with pytest.raises(DapoError, match=r"only 0 of 2 prompts.*in 3 generation batches.*"
+                       r"max_num_gen_batches=0.*on_gen_cap=continue"):  # fmt: skip
+        run_training(cfg)
+    store = Store(tmp_path / "d.db", create=False)
+    assert store.runs("train")[-1]["status"] == "failed"
+
+
+def test_plain_grpo_configuration_trains(tmp_path, data_file):
+    result = run_training(make_config(
+        tmp_path, data_file, "algorithm.loss_agg=seq-mean-token-mean", "algorithm.eps_high=0.2",
+        "algorithm.dynamic_sampling=false", "algorithm.overlong_filtering=false",
+        "algorithm.soft_overlong_punishment=false", "train.steps=2",
+    ))  # fmt: skip
+    assert result.status == "completed"
+    assert all(h["groups_filtered"] == 0 and h["gen_batches"] == 1 for h in result.history)
+
+
+def test_a_non_finite_loss_skips_the_update(tmp_path, data_file, monkeypatch):
+    real = trainer.A.policy_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(trainer.A, "policy_loss", nan_loss)
+    result = run_training(make_config(tmp_path, data_file, "train.steps=1"))
+    assert result.history[0]["nonfinite_skipped"] == 2  # both mini-batches skipped
+    assert result.history[0]["updates"] == 0
+    before, after = weights(embedded_base()), weights(result.final_dir)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cli_train_runs_and_bad_flags_fail_before_work(tmp_path, data_file):
+    runner = CliRunner()
+    args = ["train", "--data", str(data_file), "--steps", "2", "--output-dir",
+            str(tmp_path / "ck"), "--db-path", str(tmp_path / "d.db"), "--group-size", "4",
+            "--set", "warm_start.enabled=off", "--set", "rollout.max_new_tokens=8",
+            "--set", "algorithm.overlong_cache_len=2", "--set", "train.train_batch_size=2",
+            "--set", "train.gen_batch_size=4", "--set", "train.mini_batch_size=2"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "step    2" in result.output and "dapo_final" in result.output
+    bad = runner.invoke(app, [*args, "--set", "train.lrr=1"])
+    assert bad.exit_code == 1
+    assert bad.stderr.strip().splitlines() == [
+        "Error: config: unknown key train.lrr (known: gen_batch_size, grad_clip, lr, "
+        "lr_schedule, max_num_gen_batches, micro_batch_size, mini_batch_size, on_gen_cap, "
+        "ppo_epochs, seed, steps, train_batch_size, warmup_steps, weight_decay)"
+    ]
