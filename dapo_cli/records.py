@@ -113,11 +113,11 @@ def read_records(path: str | os.PathLike, default_split: str = "train") -> list[
     an empty file is an error too. Records without a ``split`` get ``default_split``.
     """
     p = Path(path)
+    if p.is_dir():
+        raise DataError(str(p), "is a directory, expected a file")
     fmt = file_format(p)
     if not p.exists():
         raise DataError(str(p), "file not found")
-    if p.is_dir():
-        raise DataError(str(p), "is a directory, expected a file")
     try:
         if fmt == ".jsonl":
             records = list(_read_jsonl(p, default_split))

@@ -86,6 +86,8 @@ def test_missing_directory_and_extension(tmp_path):
     (tmp_path / "dir.jsonl").mkdir()
     with pytest.raises(DataError, match="is a directory"):
         read_records(tmp_path / "dir.jsonl")
+    with pytest.raises(DataError, match="is a directory"):
+        read_records(tmp_path)
     with pytest.raises(DapoError, match="unsupported file type '.txt'"):
         read_records(tmp_path / "x.txt")
 
