@@ -213,6 +213,7 @@ def run_training(
 
     history: list[dict[str, float]] = []
     status = "completed"
+    tensorboard = _tensorboard_writer(out_dir, run_id, observer)
     interrupt = _GracefulInterrupt(observer)
     try:
         with interrupt.installed():
@@ -223,6 +224,10 @@ def run_training(
                 step += 1
                 history.append(metrics)
                 store.log_metrics(run_id, step, metrics)
+                if tensorboard is not None:
+                    for name, value in metrics.items():
+                        tensorboard.add_scalar(f"dapo/{name}", value, step)
+                    tensorboard.flush()
                 observer.train_step(step, t.steps, metrics)
                 every = config.output.save_every
                 if interrupt.requested or (every and step % every == 0 and step < t.steps):
@@ -239,6 +244,8 @@ def run_training(
         final_dir = out_dir / ckpt.FINAL_NAME
         save(final_dir)
     store.finish_run(run_id, status)
+    if tensorboard is not None:
+        tensorboard.close()
     return TrainResult(run_id, status, step, final_dir, db_path, history)
 
 
@@ -252,3 +259,15 @@ def _fitting_prompts(policy: Policy, samples, limit: int, observer: TrainObserve
     if not kept:
         raise DapoError(f"every prompt is longer than data.max_prompt_tokens={limit}")
     return kept
+
+
+def _tensorboard_writer(out_dir: Path, run_id: str, observer: TrainObserver):
+    """TensorBoard event files under ``<output_dir>/tensorboard/<run>`` when tensorboard is
+    installed (``pip install tensorboard``); nothing otherwise."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    logdir = out_dir / "tensorboard" / run_id
+    observer.message(f"tensorboard: {logdir}")
+    return SummaryWriter(log_dir=str(logdir))

@@ -168,3 +168,34 @@ def test_cli_train_runs_and_bad_flags_fail_before_work(tmp_path, data_file):
         "lr_schedule, max_num_gen_batches, micro_batch_size, mini_batch_size, on_gen_cap, "
         "ppo_epochs, seed, steps, train_batch_size, warmup_steps, weight_decay)"
     ]
+
+
+def test_training_reads_samples_from_the_store(tmp_path, data_file):
+    from dapo_cli.records import read_records
+
+    store = Store(tmp_path / "samples.db")
+    store.import_samples(read_records(data_file), source="parity.jsonl")
+    cfg = make_config(tmp_path, data_file, "data.path=null",
+                      f"data.db_path={tmp_path / 'samples.db'}", "train.steps=1")  # fmt: skip
+    messages = []
+
+    class Listen(TrainObserver):
+        def message(self, text):
+            messages.append(text)
+
+    result = run_training(cfg, observer=Listen())
+    assert result.status == "completed"
+    assert any("40 samples from" in m and "samples.db" in m for m in messages)
+
+
+def test_tensorboard_events_are_written_when_installed(tmp_path, data_file):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run_training(make_config(tmp_path, data_file, "train.steps=2"))
+    logdir = tmp_path / "ck" / "tensorboard" / result.run_id
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    rewards = events.Scalars("dapo/reward_mean")
+    assert [e.step for e in rewards] == [1, 2]
+    assert rewards[0].value == pytest.approx(result.history[0]["reward_mean"])

@@ -128,7 +128,7 @@ def train(
         flags["data.db_path"] = db_path
     overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(config, overrides)
-    _quiet_transformers()
+    quiet_transformers()
     with _progress() as progress:
         result = run_training(cfg, resume=resume, observer=RichObserver(progress))
     console.print(_summary(result))
@@ -154,7 +154,7 @@ def _summary(result) -> Table:
     return table
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -199,7 +199,7 @@ def sft(
         from dapo_cli.errors import DapoError
 
         raise DapoError(f"{data}: no samples in the train split")
-    _quiet_transformers()
+    quiet_transformers()
     torch.manual_seed(seed)
     policy = load_policy(model)
     store = Store(resolve_db_path(db_path))
