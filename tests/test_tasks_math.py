@@ -38,10 +38,15 @@ def test_reference_passes_and_corruption_fails(difficulty):
 def test_difficulty_sets_size():
     rng = random.Random(0)
     easy = [TASK.generate(rng, "easy") for _ in range(200)]
+    medium = [TASK.generate(rng, "medium") for _ in range(200)]
     hard = [TASK.generate(rng, "hard") for _ in range(200)]
     assert all(abs(int(s["answer"])) <= 18 for s in easy)
     assert all(s["verify"]["expression"].count(" ") == 2 for s in easy)  # one operation
-    assert all(s["verify"]["expression"].count(" ") >= 6 for s in hard)  # 3+ operations
+    assert all(s["verify"]["expression"].count(" ") == 2 for s in medium)
+    assert all(-98 <= int(s["answer"]) <= 198 for s in medium)
+    assert any(abs(int(s["answer"])) >= 100 or "-" in s["answer"] for s in medium)
+    assert all(s["verify"]["expression"].count(" ") >= 4 for s in hard)  # 2+ operations
+    assert any("*" in s["verify"]["expression"] for s in hard)
 
 
 def test_generation_is_deterministic():

@@ -1,9 +1,9 @@
 """Integer arithmetic with exactly one answer.
 
 Difficulty sets the size of the numbers and the number of operations:
-easy = one sum or difference of one-digit numbers, medium = two operations on numbers up to
-two digits (products included), hard = three or four operations on numbers up to three
-digits, with parentheses. The answer is computed by Python's integer arithmetic, so it is
+easy = a sum or difference of two one-digit numbers; medium = a sum or difference of two
+numbers up to two digits; hard = two to four operations on numbers up to three digits,
+products and parentheses included. The answer is computed by integer arithmetic, so it is
 exact; division is never used, so every answer is an integer.
 """
 
@@ -19,8 +19,8 @@ from dapo_cli.tasks.templates import load_template
 # (number of operations, largest operand, operators allowed)
 _LEVELS = {
     "easy": ((1, 1), 9, "+-"),
-    "medium": ((2, 2), 99, "+-*"),
-    "hard": ((3, 4), 999, "+-*"),
+    "medium": ((1, 1), 99, "+-"),
+    "hard": ((2, 4), 999, "+-*"),
 }
 
 
