@@ -29,7 +29,7 @@ from dapo_cli.config import Config
 from dapo_cli.errors import DapoError
 from dapo_cli.policy import Policy
 from dapo_cli.rewards import score
-from dapo_cli.rollout import Rollout, sample
+from dapo_cli.rollout import Rollout, sample, sequence_logprobs
 
 
 class PromptStream:
@@ -208,7 +208,9 @@ def update(
                 micro = rows[m0 : m0 + t.micro_batch_size]
                 sub = batch.rollout.select(micro)
                 mask = batch.loss_mask[micro][:, : sub.response_ids.size(1)].to(policy.device)
-                logp, entropy = _logprobs(policy.model, sub, r.temperature)
+                logp, entropy = sequence_logprobs(
+                    policy.model, sub, r.temperature, return_entropy=True
+                )  # (b, T) each
                 loss, st = A.policy_loss(
                     logp,
                     sub.logprobs,
@@ -223,7 +225,7 @@ def update(
                 )
                 if reference is not None and a.kl_coef > 0:
                     with torch.no_grad():
-                        ref_logp = _logprobs(reference, sub, r.temperature)[0]
+                        ref_logp = sequence_logprobs(reference, sub, r.temperature)
                     kl = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1  # k3, (b, T)
                     kl_loss = A.masked_sum(kl, mask) / num_tokens.clamp(min=1)
                     loss = loss + a.kl_coef * kl_loss
@@ -259,12 +261,6 @@ def update(
         A.masked_mean(batch.rollout.logprobs.exp(), batch.rollout.response_mask)
     )
     return out
-
-
-def _logprobs(model, rollout: Rollout, temperature: float):
-    from dapo_cli.rollout import sequence_logprobs
-
-    return sequence_logprobs(model, rollout, temperature, return_entropy=True)
 
 
 def lr_lambda(config: Config) -> Callable[[int], float]:

@@ -2,6 +2,7 @@
 checkpoints load with plain transformers, resume reproduces an uninterrupted run."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -199,3 +200,16 @@ def test_tensorboard_events_are_written_when_installed(tmp_path, data_file):
     rewards = events.Scalars("dapo/reward_mean")
     assert [e.step for e in rewards] == [1, 2]
     assert rewards[0].value == pytest.approx(result.history[0]["reward_mean"])
+
+
+def test_kl_to_a_reference_model_is_optional(tmp_path, data_file):
+    result = run_training(
+        make_config(tmp_path, data_file, "algorithm.kl_coef=0.1", "train.steps=2")
+    )
+    # NaN where every response of the step was truncated and filtered (no token counted)
+    assert all(h["kl_ref"] >= 0 or math.isnan(h["kl_ref"]) for h in result.history)
+    assert result.history[-1]["kl_ref"] > 0  # the policy moved away from the reference
+    assert (
+        "kl_ref"
+        not in run_training(make_config(tmp_path / "nokl", data_file, "train.steps=1")).history[0]
+    )
