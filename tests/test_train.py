@@ -213,3 +213,21 @@ def test_kl_to_a_reference_model_is_optional(tmp_path, data_file):
         "kl_ref"
         not in run_training(make_config(tmp_path / "nokl", data_file, "train.steps=1")).history[0]
     )
+
+
+def test_dapo_raises_the_reward_it_is_given(tmp_path, data_file):
+    """The policy gradient points the right way: rewarded for writing a '7', a random model
+    learns to write one within a few steps (measured: 1% -> 72% in 10 steps)."""
+    register_verifier("test-seven", lambda s, c: Score.binary("7" in c))
+    rows = [json.loads(line) for line in data_file.read_text().splitlines()]
+    seven = tmp_path / "seven.jsonl"
+    seven.write_text("".join(json.dumps({**r, "task_type": "test-seven"}) + "\n" for r in rows))
+    result = run_training(make_config(
+        tmp_path, seven, "rollout.group_size=8", "train.train_batch_size=8",
+        "train.gen_batch_size=16", "train.mini_batch_size=2", "train.lr=1e-3",
+        "train.steps=10", "algorithm.overlong_filtering=false",
+        "algorithm.soft_overlong_punishment=false", "algorithm.overlong_cache_len=0",
+        "train.max_num_gen_batches=0", "output.save_every=0",
+    ))  # fmt: skip
+    acc = [h["accuracy"] for h in result.history]
+    assert sum(acc[-2:]) / 2 > 0.2 and sum(acc[-2:]) > 4 * sum(acc[:2]), acc
