@@ -9,13 +9,14 @@ the record schema are ignored on reading.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,14 +202,12 @@ def _validated(raw: Mapping[str, Any], default_split: str, where: str) -> dict[s
 # ------------------------------------------------------------------------------- writing
 
 
-def write_records(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> int:
-    """Write records atomically (temp file in the same folder, then rename); returns the count.
-
-    Equal records give byte-identical files. The parent folder is created if missing.
-    """
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Open ``path`` for binary writing so that it appears only when complete: writes go to a
+    temporary file in the same folder (created if missing), renamed into place at the end and
+    removed on any error."""
     p = Path(path)
-    fmt = file_format(p)
-    rows = [{name: rec.get(name) for name in FIELDS} for rec in records]
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
@@ -216,31 +215,53 @@ def write_records(path: str | os.PathLike, records: Iterable[Mapping[str, Any]])
         raise DapoError(f"{p}: cannot write here ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            if fmt == ".jsonl":
-                for row in rows:
-                    row = {**row, "verify": json.loads(canonical_json(row["verify"] or {}))}
-                    f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-            elif fmt == ".csv":
-                text = io.StringIO(newline="")
-                writer = csv.DictWriter(text, fieldnames=FIELDS, lineterminator="\n")
-                writer.writeheader()
-                for row in rows:
-                    writer.writerow({**row, "verify": canonical_json(row["verify"] or {})})
-                f.write(text.getvalue().encode("utf-8"))
-            else:
-                _write_parquet(f, rows)
+            yield f
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_rows(
+    path: str | os.PathLike,
+    rows: list[dict[str, Any]],
+    columns: Sequence[str],
+    json_columns: Sequence[str] = (),
+    parquet_strings: bool = False,
+) -> int:
+    """Write rows as JSONL, CSV or Parquet by extension, atomically. ``json_columns`` hold
+    objects: canonical JSON objects in JSONL, canonical JSON text in CSV and Parquet. Parquet
+    column types are inferred, or all strings with ``parquet_strings``."""
+    fmt = file_format(path)
+
+    def cell(name: str, value: Any, as_text: bool) -> Any:
+        if name not in json_columns:
+            return value
+        return canonical_json(value) if as_text else json.loads(canonical_json(value))
+
+    with atomic_file(path) as f:
+        if fmt == ".jsonl":
+            for row in rows:
+                line = {name: cell(name, row.get(name), False) for name in columns}
+                f.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
+        elif fmt == ".csv":
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({n: cell(n, r.get(n), True) for n in columns} for r in rows)
+            f.write(text.getvalue().encode("utf-8"))
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = {n: [cell(n, r.get(n), True) for r in rows] for n in columns}
+            schema = pa.schema([(n, pa.string()) for n in columns]) if parquet_strings else None
+            pq.write_table(pa.table(table, schema=schema), f)
     return len(rows)
 
 
-def _write_parquet(f, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    columns = {name: [row[name] for row in rows] for name in FIELDS}
-    columns["verify"] = [canonical_json(v or {}) for v in columns["verify"]]
-    schema = pa.schema([(name, pa.string()) for name in FIELDS])
-    pq.write_table(pa.table(columns, schema=schema), f)
+def write_records(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> int:
+    """Write sample records atomically; returns the count. Equal records give byte-identical
+    files. In Parquet every column is a string (``verify`` as JSON text)."""
+    rows = [{**rec, "verify": rec.get("verify") or {}} for rec in records]
+    return write_rows(path, rows, FIELDS, json_columns=("verify",), parquet_strings=True)

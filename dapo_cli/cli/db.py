@@ -6,11 +6,6 @@ readers (`export`, `stats`) never create one and say to run `dapo db init` when 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import tempfile
 from collections import Counter
 from enum import Enum
 from pathlib import Path
@@ -23,7 +18,7 @@ from rich.table import Table
 from dapo_cli.cli.common import console, parse_csv_option, user_errors
 from dapo_cli.errors import DapoError
 from dapo_cli.paths import resolve_db_path
-from dapo_cli.records import file_format, read_records, write_records
+from dapo_cli.records import file_format, read_records, write_records, write_rows
 from dapo_cli.store import Store
 
 db_app = typer.Typer(
@@ -143,7 +138,7 @@ def export(
     if what is What.samples:
         write_records(file, rows)
     else:
-        write_rows(file, rows, json_columns=("params",))
+        write_rows(file, rows, list(rows[0]), json_columns=("params",))
     say(f"{len(rows)} {what.value} written to {escape(str(file))}")
 
 
@@ -181,35 +176,3 @@ def samples_table(counts: list[dict[str, Any]]) -> Table:
     totals = [sum(grid.get((t, s), 0) for t in types) for s in splits]
     table.add_row("[bold]total", *map(str, totals), f"[bold]{sum(totals)}")
     return table
-
-
-def write_rows(path: Path, rows: list[dict[str, Any]], json_columns: tuple[str, ...]) -> None:
-    """Write any rows as JSONL, CSV or Parquet (atomically: a temp file renamed into place).
-    ``json_columns`` hold objects: kept as objects in JSONL, JSON text elsewhere."""
-    fmt = file_format(path)
-    columns = list(rows[0])
-    flat = [{k: json.dumps(v) if k in json_columns else v for k, v in r.items()} for r in rows]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise DapoError(f"{path}: cannot write here ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if fmt == ".jsonl":
-                f.writelines((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in rows)
-            elif fmt == ".csv":
-                text = io.StringIO(newline="")
-                writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-                writer.writeheader()
-                writer.writerows(flat)
-                f.write(text.getvalue().encode())
-            else:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-
-                pq.write_table(pa.Table.from_pylist(flat), f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

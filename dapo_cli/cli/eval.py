@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +13,7 @@ from rich.table import Table
 
 from dapo_cli.cli.common import console, parse_csv_option, user_errors
 from dapo_cli.errors import DapoError
+from dapo_cli.records import atomic_file
 
 app = typer.Typer()
 
@@ -162,12 +161,5 @@ def comparison_table(results: list[dict[str, Any]], n: int, split: str, prompts:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        f.write(json.dumps(payload, indent=1, ensure_ascii=False).encode("utf-8"))
