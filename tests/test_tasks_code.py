@@ -1,6 +1,7 @@
 """The code task: every problem variant's reference passes its own hidden tests (in-process
-for thousands of samples, in the sandbox for one sample of every variant), wrong code
-fails, generation is deterministic, and code is found in fenced, 'Answer:' and bare form."""
+for every variant, in the sandbox for a sample of every spec), the problem space is large at
+every difficulty, wrong code fails, generation is deterministic, and code is found in fenced,
+'Answer:' and bare form."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from dapo_cli import datagen
 from dapo_cli.sandbox import values_equal
-from dapo_cli.tasks import get_task
+from dapo_cli.tasks import code, get_task
 from dapo_cli.tasks.base import DIFFICULTIES
 from dapo_cli.tasks.code import (
     CodeTask,
     extract_code,
     make_sample,
+    problem_key,
     reference_function,
     variants,
 )
@@ -26,15 +29,11 @@ from dapo_cli.tasks.templates import load_template
 
 TASK = CodeTask()
 PROBLEMS = load_template("code")["problems"]
+FLOOR = 2000  # distinct problems at each difficulty (generate_dataset(6000, ["code"]) needs it)
 
 
 def sample(seed: int = 0, difficulty: str = "easy") -> dict:
     return TASK.generate(random.Random(seed), difficulty)
-
-
-def one_per_variant() -> list[dict]:
-    rng = random.Random(1234)
-    return [make_sample(p, params, rng) for p in PROBLEMS for params in variants(p)]
 
 
 def check_in_process(s: dict) -> None:
@@ -47,14 +46,48 @@ def check_in_process(s: dict) -> None:
 
 def test_registered_and_catalogue_is_large():
     assert isinstance(get_task("code"), CodeTask)
-    assert len(PROBLEMS) >= 30 and len({p["id"] for p in PROBLEMS}) == len(PROBLEMS)
-    assert {p["difficulty"] for p in PROBLEMS} == set(DIFFICULTIES)
-    assert sum(len(variants(p)) for p in PROBLEMS) >= 300
+    assert len(PROBLEMS) >= 100 and len({p["id"] for p in PROBLEMS}) == len(PROBLEMS)
+    per_level = Counter()
+    for p in PROBLEMS:
+        found = variants(p)
+        assert len({json.dumps(v, sort_keys=True) for v in found}) == len(found), p["id"]
+        per_level[p["difficulty"]] += len(found)
+    assert set(per_level) == set(DIFFICULTIES)
+    assert all(per_level[d] >= FLOOR for d in DIFFICULTIES), per_level
+
+
+def test_parameter_mechanism():
+    spec = {
+        "params": {
+            "k": {"range": [1, 7, 3]},
+            "op": [{"op": "sum", "expr": "a + $k"}, {"op": "diff", "expr": "a - $k"}],
+        },
+        "derive": {"twice": "2 * $k", "label": "$op_r.upper()"},
+        "where": "$twice != 8",
+    }
+    assert variants(spec) == [
+        {"k": k, "op": op, "expr": f"a {sign} $k", "twice": 2 * k, "label": op.upper()}
+        for k in (1, 7)
+        for op, sign in (("sum", "+"), ("diff", "-"))
+    ]
+    assert variants({}) == [{}] and variants({"params": [{"x": 1}]}) == [{"x": 1}]
+    problem = {
+        "id": "demo", "names": ["add_$k"], "signature": "def $name(a: int) -> int",
+        "description": "Return $what.", "reference": "def $name(a):\n    return $expr\n",
+        "args": [{"type": "int", "lo": -50, "hi": 50}],
+        "params": {"k": [7], "form": [{"expr": "a + $k"}]},  # a parameter refers to another
+        "derive": {"what": "'a + ' + str($k)"},
+    }  # fmt: skip
+    s = make_sample(problem, variants(problem)[0], random.Random(0))
+    assert s["verify"]["function"] == "add_7" and "return a + 7" in s["answer"]
+    assert "Return a + 7." in s["prompt"]
+    assert all(t["expected"] == t["args"][0] + 7 for t in s["verify"]["tests"])
+    assert s["verify"]["problem"] == problem_key(problem, variants(problem)[0])
 
 
 def test_thousands_of_references_pass_their_own_tests_in_process():
     keys, counts = set(), Counter()
-    for seed in range(3000):
+    for seed in range(2400):
         s = sample(seed, DIFFICULTIES[seed % 3])
         check_in_process(s)
         assert 5 <= len(s["verify"]["tests"]) <= 8
@@ -65,22 +98,30 @@ def test_thousands_of_references_pass_their_own_tests_in_process():
         keys.add(TASK.dedupe_key(s))
         counts[s["verify"]["problem"].split(":")[0]] += 1
     assert set(counts) == {p["id"] for p in PROBLEMS}  # every problem is reachable
-    assert len(keys) >= 250
+    assert len(keys) >= 1500
 
 
-def test_every_variant_and_name_compiles_and_passes_in_process():
+def test_every_variant_compiles_and_passes_in_process():
     rng = random.Random(7)
+    keys: dict[str, set[str]] = {d: set() for d in DIFFICULTIES}
+    count = Counter()
     for problem in PROBLEMS:
         for params in variants(problem):
-            for _ in range(len(problem["names"]) * 2):
-                s = make_sample(problem, params, rng)
-                assert s["verify"]["function"].isidentifier()
-                check_in_process(s)
+            s = make_sample(problem, params, rng)
+            assert s["verify"]["function"].isidentifier()
+            check_in_process(s)
+            keys[problem["difficulty"]].add(TASK.dedupe_key(s))
+            count[problem["difficulty"]] += 1
+        for name in problem["names"]:  # every name template gives a valid function name
+            s = make_sample({**problem, "names": [name]}, rng.choice(variants(problem)), rng)
+            assert s["verify"]["function"].isidentifier()
+    # every variant is a distinct problem for deduplication, and there are enough of them
+    assert all(len(keys[d]) == count[d] >= FLOOR for d in DIFFICULTIES), count
 
 
-def test_one_sample_of_every_variant_passes_in_the_sandbox():
-    samples = one_per_variant()
-    assert len(samples) >= 300
+def test_a_sample_of_every_spec_passes_in_the_sandbox():
+    rng = random.Random(11)
+    samples = [make_sample(p, rng.choice(variants(p)), rng) for p in PROBLEMS]
     with ThreadPoolExecutor(max_workers=2) as pool:
         scores = list(pool.map(lambda s: TASK.verify(s, TASK.format_reference(s)), samples))
     failed = [
@@ -90,6 +131,24 @@ def test_one_sample_of_every_variant_passes_in_the_sandbox():
     ]
     assert not failed
     assert all(sc.reward == 1.0 and sc.details["passed"] == sc.details["total"] for sc in scores)
+
+
+def test_large_datasets_find_enough_distinct_problems(monkeypatch):
+    # the real generate_dataset loop over CodeTask.generate, with samples reduced to their key
+    def key_only(problem, params, rng):
+        key = problem_key(problem, params)
+        return {
+            "prompt": key,
+            "answer": "",
+            "verify": {"function": "f", "tests": [], "problem": key},
+        }
+
+    monkeypatch.setattr(code, "make_sample", key_only)
+    hard = datagen.generate_dataset(2000, ["code"], difficulty="hard")
+    mixed = datagen.generate_dataset(6000, ["code"])
+    assert len({r["verify"]["problem"] for r in hard}) == 2000
+    assert Counter(r["difficulty"] for r in mixed) == {d: 2000 for d in DIFFICULTIES}
+    assert len({r["verify"]["problem"] for r in mixed}) == 6000
 
 
 def test_wrong_implementations_fail():
@@ -102,11 +161,11 @@ def test_wrong_implementations_fail():
         score = TASK.verify(s, f"Answer:\n```python\n{wrong}```")
         assert not score.correct and score.reward == -1.0
         assert score.details.get("passed", 0) < len(s["verify"]["tests"])
-    # an off-by-one variant of the reference passes some tests but not all
-    for problem in PROBLEMS:
-        if problem["id"] == "sum_of_multiples":
-            good = make_sample(problem, {"k": 3}, random.Random(0))
-            bad = make_sample(problem, {"k": 6}, random.Random(0))
+    # a variant with another parameter passes some tests but not all
+    problem = next(p for p in PROBLEMS if p["id"] == "sum_of_multiples")
+    k3, k6 = ([v for v in variants(problem) if v["k"] == k][0] for k in (3, 6))
+    good = make_sample(problem, k3, random.Random(0))
+    bad = make_sample(problem, k6, random.Random(0))
     bad_code = bad["answer"].replace(bad["verify"]["function"], good["verify"]["function"])
     score = TASK.verify(good, bad_code)
     assert not score.correct

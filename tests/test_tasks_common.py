@@ -21,8 +21,7 @@ def test_generation_is_deterministic(task_type):
     assert draw(7) != draw(8)
 
 
-# code has ~300 distinct problems so far (tests/test_tasks_code.py checks each of them)
-@pytest.mark.parametrize("task_type", [t for t in BUILTIN_TASK_TYPES if t != "code"])
+@pytest.mark.parametrize("task_type", BUILTIN_TASK_TYPES)
 def test_mixed_dataset_of_2000_distinct_problems(task_type):
     records = generate_dataset(2000, [task_type], seed=3)
     assert len({TASKS[task_type].dedupe_key(r) for r in records}) == 2000

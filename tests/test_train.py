@@ -203,12 +203,15 @@ def test_tensorboard_events_are_written_when_installed(tmp_path, data_file):
 
 
 def test_kl_to_a_reference_model_is_optional(tmp_path, data_file):
+    # overlong filtering off: a random model's responses are mostly truncated, and a step
+    # whose tokens are all filtered out has no KL to report
     result = run_training(
-        make_config(tmp_path, data_file, "algorithm.kl_coef=0.1", "train.steps=2")
-    )
-    # NaN where every response of the step was truncated and filtered (no token counted)
-    assert all(h["kl_ref"] >= 0 or math.isnan(h["kl_ref"]) for h in result.history)
-    assert result.history[-1]["kl_ref"] > 0  # the policy moved away from the reference
+        make_config(tmp_path, data_file, "algorithm.kl_coef=0.1", "train.steps=2",
+                    "algorithm.overlong_filtering=false")
+    )  # fmt: skip
+    kls = [h["kl_ref"] for h in result.history]
+    # the first mini-batch sees policy == reference; later ones see a policy that has moved
+    assert all(math.isfinite(k) for k in kls) and 0 < kls[0] < kls[1]
     assert (
         "kl_ref"
         not in run_training(make_config(tmp_path / "nokl", data_file, "train.steps=1")).history[0]

@@ -1,14 +1,16 @@
 """Implement a named Python function; the completion is checked by hidden test cases run in
 the sandbox (:mod:`dapo_cli.sandbox`).
 
-The problems are data in ``templates/tasks/code.json``: each has an id, a difficulty, a few
-function names, a signature, a description, the SOURCE of a reference implementation, the
-kinds of arguments it takes, optional edge cases and optional parameters. ``$param``
-placeholders (``$param_r`` for the ``repr``, ``$name`` for the function name) are filled in
-every text; ``params`` is a dict of lists (every combination is a variant) or a list of
-dicts (the variants themselves), so a few dozen specs give several hundred problems. The
-expected outputs are computed at generation time by running the reference (our own trusted
-code) in-process on generated inputs; the model's code only ever runs in the sandbox.
+The problems are data in ``templates/tasks/code.json``: each spec has an id, a difficulty, a
+few function names, a signature, a description, the SOURCE of a reference implementation,
+the kinds of arguments it takes, optional edge cases and optional parameters. ``$param``
+(``$param_r`` for the ``repr``, ``$name`` for the function name) is filled in every text,
+parameters included (two levels deep). ``params`` is a list of dicts (the variants) or a
+dict of lists whose product gives them: ``{"range": [lo, hi(, step)]}`` is an inclusive
+range and a dict in a list is a bundle of parameters that vary together; ``derive`` adds
+parameters computed by Python expressions, ``where`` keeps the variants it is true for. The
+expected outputs come from running the reference (our own trusted code) in-process on
+generated inputs; the model's code only ever runs in the sandbox.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import random
 import re
 import textwrap
@@ -72,21 +75,39 @@ def fill(value: Any, mapping: Mapping[str, Any]) -> Any:
 
 
 def variants(problem: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The parameter sets of one problem spec."""
-    params = problem.get("params")
-    if params is None:
-        return [{}]
-    if isinstance(params, dict):
-        keys = list(params)
-        return [
-            dict(zip(keys, combo, strict=True)) for combo in itertools.product(*params.values())
-        ]
-    return [dict(p) for p in params]
+    """The parameter sets of one problem spec (see the module docstring)."""
+    spec = json.dumps([problem.get(k) for k in ("params", "derive", "where")])
+    return [dict(v) for v in _variants(spec)]
+
+
+def _with_reprs(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {**values, **{f"{k}_r": repr(v) for k, v in values.items()}}
 
 
 @cache
-def _problems(difficulty: str) -> list[dict[str, Any]]:
-    found = [p for p in load_template("code")["problems"] if p["difficulty"] == difficulty]
+def _variants(spec: str) -> tuple[dict[str, Any], ...]:
+    params, derive, where = json.loads(spec)
+
+    def evaluate(expression: str, variant: dict[str, Any]) -> Any:  # our own data, as references
+        return eval(Template(expression).substitute(_with_reprs(variant)), {"math": math})
+
+    found = [] if isinstance(params, dict) else [dict(p) for p in params or [{}]]
+    if isinstance(params, dict):
+        axes = [list(range(v["range"][0], v["range"][1] + 1, *v["range"][2:]))
+                if isinstance(v, dict) else v for v in params.values()]  # fmt: skip
+        for combo in itertools.product(*axes):
+            found.append({})
+            for key, value in zip(params, combo, strict=True):  # a dict is a bundle
+                found[-1].update(value if isinstance(value, dict) else {key: value})
+    for variant in found:
+        variant.update({k: evaluate(expr, variant) for k, expr in (derive or {}).items()})
+    return tuple(v for v in found if where is None or evaluate(where, v))
+
+
+@cache
+def _problems(difficulty: str) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    problems = load_template("code")["problems"]
+    found = [(p, variants(p)) for p in problems if p["difficulty"] == difficulty]
     if not found:
         raise ValueError(f"templates/tasks/code.json has no {difficulty!r} problems")
     return found
@@ -135,7 +156,8 @@ def _make_args(specs: list[dict[str, Any]], rng: random.Random) -> list[Any]:
         elif kind == "int_list":
             scale = rng.randint(*spec.get("scale", [1, 1]))
             n = rng.randint(*size)
-            args.append([rng.randint(spec["lo"], spec["hi"]) * scale for _ in range(n)])
+            nums = [rng.randint(spec["lo"], spec["hi"]) * scale for _ in range(n)]
+            args.append(sorted(nums) if spec.get("sorted") else nums)
         elif kind == "str" and rng.random() < spec.get("palindrome", 0):
             half = _rand_str(rng, spec["alphabet"], 0, size[1] // 2)
             args.append(half + _rand_str(rng, spec["alphabet"], 0, 1) + half[::-1])
@@ -211,10 +233,11 @@ def _tests(rng: random.Random, problem: Mapping, mapping: Mapping, fn: Callable)
 def make_sample(problem: Mapping, params: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """One sample of one problem variant: prompt, reference source and hidden tests."""
     template = load_template("code")
-    mapping: dict[str, Any] = {**params, **{f"{k}_r": repr(v) for k, v in params.items()}}
-    mapping["name"] = name = fill(rng.choice(problem["names"]), mapping)
-    # a parameter may hold placeholders itself ("def $name(n: int) -> str")
-    mapping = {k: v if k.endswith("_r") else fill(v, mapping) for k, v in mapping.items()}
+    raw = values = {**params, "name": fill(rng.choice(problem["names"]), _with_reprs(params))}
+    for _ in range(2):  # parameters hold placeholders too ("def $name(n: int) -> str")
+        mapping = _with_reprs(values)
+        values = {k: fill(v, mapping) for k, v in raw.items()}
+    mapping, name = _with_reprs(values), values["name"]
     reference = fill(problem["reference"], mapping)
     tests = _tests(rng, problem, mapping, reference_function(reference, name))
     example = tests[-1]  # a random case (the edge cases come first)
@@ -225,10 +248,14 @@ def make_sample(problem: Mapping, params: dict[str, Any], rng: random.Random) ->
         f"{rng.choice(template['phrasings'])}\n\n    {signature}\n\n{description}\n\n"
         f"For example, {call} should return {example['expected']!r}.\n\n" + template["instruction"]
     )
-    digest = hashlib.sha256(canonical_json(params).encode()).hexdigest()[:12]
-    problem_key = f"{problem['id']}:{digest}" if params else problem["id"]
-    verify = {"function": name, "tests": tests, "problem": problem_key}
+    verify = {"function": name, "tests": tests, "problem": problem_key(problem, params)}
     return {"prompt": prompt, "answer": reference, "verify": verify}
+
+
+def problem_key(problem: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """What identifies a problem: its spec id and parameter values (not its name or wording)."""
+    digest = hashlib.sha256(canonical_json(params).encode()).hexdigest()[:12]
+    return f"{problem['id']}:{digest}" if params else problem["id"]
 
 
 class CodeTask(Task):
@@ -238,8 +265,8 @@ class CodeTask(Task):
     def generate(self, rng: random.Random, difficulty: str) -> dict[str, Any]:
         if difficulty not in DIFFICULTIES:
             raise ValueError(f"unknown difficulty {difficulty!r}")
-        problem = rng.choice(_problems(difficulty))
-        return make_sample(problem, rng.choice(variants(problem)), rng)
+        problem, options = rng.choice(_problems(difficulty))
+        return make_sample(problem, rng.choice(options), rng)
 
     def verify(self, sample: Mapping[str, Any], completion: str) -> Score:
         code = extract_code(completion)
