@@ -11,7 +11,7 @@ and re-tokenised text). The log-probs are those of the temperature-scaled distri
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -146,11 +146,14 @@ def sample(
     top_k: int = 0,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    on_token: Callable[[torch.Tensor], None] | None = None,
 ) -> Rollout:
     """Sample one response per row of ``prompt_ids`` (repeat rows for G samples per prompt).
 
     Stops at any of ``eos_token_ids`` (the EOS is part of the response) or after
     ``max_new_tokens`` (then ``truncated`` is True). ``greedy`` takes the argmax.
+    ``on_token(tok)`` is called with each step's tokens (B,) as they are sampled (pad for
+    finished rows), e.g. to stream a reply; an exception it raises ends sampling.
     """
     device = prompt_ids.device
     batch = prompt_ids.size(0)
@@ -183,6 +186,8 @@ def sample(
         tokens.append(tok)
         logps.append(torch.where(alive, logp.gather(-1, tok[:, None]).squeeze(-1), 0.0))
         alive_cols.append(alive)
+        if on_token is not None:
+            on_token(tok)
         finished = finished | torch.isin(tok, eos)
         if bool(finished.all()):
             break
