@@ -1,12 +1,13 @@
 """Math: the answer is exact integer arithmetic and the reference passes its own verifier."""
 
 import random
+import re
 
 import pytest
 
 from dapo_cli.rewards import score
 from dapo_cli.tasks import TASKS
-from dapo_cli.tasks.math import evaluate_expression
+from dapo_cli.tasks.math import evaluate_expression, worked_solution
 
 TASK = TASKS["math"]
 
@@ -56,3 +57,36 @@ def test_generation_is_deterministic():
 
     assert draw(7) == draw(7)
     assert draw(7) != draw(8)
+
+
+@pytest.mark.parametrize(
+    ("expr", "working"),
+    [
+        ("47 + 38", "47 + 38: 7 + 8 = 15, carry 1; 4 + 3 + 1 = 8. Answer: 85"),
+        ("82 - 47", "82 - 47: 12 - 7 = 5, borrow 1; 8 - 4 - 1 = 3. Answer: 35"),
+        ("41 - 57", "41 - 57 = -(57 - 41): 7 - 1 = 6; 5 - 4 = 1. Answer: -16"),
+        ("7 + 38", "7 + 38: 7 + 8 = 15, carry 1; 0 + 3 + 1 = 4. Answer: 45"),
+        ("5 - 9", "5 - 9 = -4. Answer: -4"),
+        ("3 * 4 + 5 * 6 - 2", "3 * 4 = 12; 5 * 6 = 30; 12 + 30 = 42; 42 - 2 = 40. Answer: 40"),
+        ("(8 + 1) * 3", "8 + 1 = 9; 9 * 3 = 27. Answer: 27"),
+    ],
+)
+def test_worked_solution(expr, working):
+    assert worked_solution(expr) == working
+
+
+_STEP = re.compile(r"(-?\d+) ([-+*]) (-?\d+)(?: ([-+]) 1)? = (-?\d+)")
+
+
+@pytest.mark.parametrize("difficulty", ["easy", "medium", "hard"])
+def test_every_step_of_the_working_is_true(difficulty):
+    rng = random.Random(f"working-{difficulty}")
+    for _ in range(2000):
+        expr = TASK.generate(rng, difficulty)["verify"]["expression"]
+        steps = _STEP.findall(worked_solution(expr))
+        assert steps, expr
+        for a, op, b, carry_op, c in steps:
+            value = evaluate_expression(f"{a} {op} {b}".replace("- -", "+ "))
+            if carry_op:
+                value += 1 if carry_op == "+" else -1
+            assert value == int(c), (expr, a, op, b, c)

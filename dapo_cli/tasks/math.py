@@ -81,6 +81,88 @@ def evaluate_expression(expr: str) -> int:
     return result
 
 
+def _column_steps(a: int, op: str, b: int) -> tuple[str, int]:
+    """Digit-by-digit working for a ± b with 0 <= a, b <= 99, ones column first."""
+    if op == "-" and a < b:
+        steps, value = _column_steps(b, "-", a)
+        return f"{a} - {b} = -({b} - {a}): {steps.split(': ', 1)[1]}", -value
+    (a1, a0), (b1, b0) = divmod(a, 10), divmod(b, 10)
+    if op == "+":
+        carry, ones = divmod(a0 + b0, 10)
+        first = f"{a0} + {b0} = {a0 + b0}" + (", carry 1" if carry else "")
+        tens = a1 + b1 + carry
+        second = f"{a1} + {b1}" + (" + 1" if carry else "") + f" = {tens}"
+    else:
+        borrow = int(a0 < b0)
+        ones = a0 + 10 * borrow - b0
+        first = f"{a0 + 10 * borrow} - {b0} = {ones}" + (", borrow 1" if borrow else "")
+        tens = a1 - b1 - borrow
+        second = f"{a1} - {b1}" + (" - 1" if borrow else "") + f" = {tens}"
+    return f"{a} {op} {b}: {first}; {second}", tens * 10 + ones
+
+
+def worked_solution(expr: str) -> str:
+    """The reference working for ``expr``, ending in ``Answer: <value>``.
+
+    A ± b on numbers up to two digits is worked column by column (ones, then tens, with the
+    carry or borrow written out); longer expressions are worked one operation at a time in
+    evaluation order. Every line is checked against :func:`evaluate_expression`.
+    """
+    value = evaluate_expression(expr)
+    tokens = expr.split()
+    if len(tokens) == 3 and "(" not in expr and tokens[1] in "+-":
+        a, op, b = int(tokens[0]), tokens[1], int(tokens[2])
+        if max(a, b) <= 9:
+            return f"{expr} = {value}. Answer: {value}"
+        if max(a, b) <= 99:
+            text, got = _column_steps(a, op, b)
+            assert got == value, (expr, got, value)
+            return f"{text}. Answer: {value}"
+    steps: list[str] = []
+    _evaluate_traced(expr, steps)
+    return "; ".join(steps) + f". Answer: {value}"
+
+
+def _evaluate_traced(expr: str, steps: list[str]) -> int:
+    """Evaluate like :func:`evaluate_expression`, recording each operation as ``a op b = c``."""
+    tokens = expr.replace("(", " ( ").replace(")", " ) ").split()
+    pos = 0
+
+    def apply(lhs: int, op: str, rhs: int) -> int:
+        value = {"+": lhs + rhs, "-": lhs - rhs, "*": lhs * rhs}[op]
+        steps.append(f"{lhs} {op} {rhs} = {value}")
+        return value
+
+    def parse_sum() -> int:
+        nonlocal pos
+        value = parse_product()
+        while pos < len(tokens) and tokens[pos] in "+-":
+            op = tokens[pos]
+            pos += 1
+            value = apply(value, op, parse_product())
+        return value
+
+    def parse_product() -> int:
+        nonlocal pos
+        value = parse_atom()
+        while pos < len(tokens) and tokens[pos] == "*":
+            pos += 1
+            value = apply(value, "*", parse_atom())
+        return value
+
+    def parse_atom() -> int:
+        nonlocal pos
+        tok = tokens[pos]
+        pos += 1
+        if tok == "(":
+            value = parse_sum()
+            pos += 1  # ")"
+            return value
+        return int(tok)
+
+    return parse_sum()
+
+
 class MathTask(Task):
     name = "math"
     description = "integer arithmetic (+, -, *, parentheses) with one exact answer"
@@ -101,3 +183,6 @@ class MathTask(Task):
 
     def verify(self, sample: Mapping[str, Any], completion: str) -> Score:
         return exact_match(completion, str(sample["answer"]))
+
+    def format_reference(self, sample: Mapping[str, Any]) -> str:
+        return worked_solution(sample["verify"]["expression"])

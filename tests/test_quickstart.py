@@ -1,0 +1,42 @@
+"""`dapo quickstart` runs every stage and closes with the before/after table."""
+
+import json
+
+from typer.testing import CliRunner
+
+from dapo_cli.cli.app import app
+from dapo_cli.store import Store
+
+
+def test_quickstart_runs_the_whole_pipeline(tmp_path):
+    args = ["quickstart", "--workdir", str(tmp_path), "--num-samples", "120", "--sft-steps", "3",
+            "--steps", "1", "--eval-prompts", "4", "--k", "2",
+            "--set", "algorithm.dynamic_sampling=false", "--set", "rollout.max_new_tokens=8",
+            "--set", "algorithm.overlong_cache_len=2",
+            "--set", "train.train_batch_size=2", "--set", "train.mini_batch_size=2",
+            "--set", "rollout.group_size=2"]  # fmt: skip
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for stage in ("1/5 data", "2/5 warm start", "3/5 DAPO", "4/5 evaluation", "5/5 summary"):
+        assert stage in out
+    assert "$ dapo gen-data --num-samples 120" in out  # each stage shows its own command
+    assert "held-out accuracy, warm start → DAPO" in out and "pts" in out and "total" in out
+    assert f"dapo chat --model {tmp_path / 'models' / 'checkpoints' / 'dapo_final'}" in out
+    assert (tmp_path / "models" / "checkpoints" / "dapo_final" / "config.json").is_file()
+    evals = json.loads((tmp_path / "data" / "eval.json").read_text())
+    assert [m["model"] for m in evals["models"]] == [
+        str(tmp_path / "models" / "quickstart-warm"),
+        str(tmp_path / "models" / "checkpoints" / "dapo_final"),
+    ]
+    with Store(tmp_path / "data" / "dapo.db", create=False) as store:
+        kinds = [r["kind"] for r in store.runs()]
+        assert kinds.count("eval") == 2 and "sft" in kinds and "train" in kinds
+        assert {s["split"] for s in store.samples()} == {"train", "test"}
+
+
+def test_quickstart_rejects_bad_sizes(tmp_path):
+    result = CliRunner().invoke(app, ["quickstart", "--workdir", str(tmp_path), "--steps", "0"])
+    assert result.exit_code == 1
+    assert "must be >= 1" in result.output
+    assert not (tmp_path / "data").exists()
