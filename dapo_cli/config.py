@@ -132,7 +132,7 @@ class WarmStartConfig:
         "Supervised warm start before RL: auto (only for the embedded default), on, off.",
         choices=("auto", "on", "off"),
     )
-    steps: int = _f(400, "Supervised steps (prompt -> reference answer, loss on the answer).")
+    steps: int = _f(800, "Supervised steps (prompt -> reference answer, loss on the answer).")
     batch_size: int = _f(32, "Samples per supervised step.")
     lr: float = _f(3e-3, "Peak learning rate (linear warm-up, then cosine decay).")
     max_seconds: float | None = _f(None, "Stop the warm start after this long (empty = no limit).")

@@ -32,7 +32,7 @@ from dapo_cli.trainer import PromptStream, lr_lambda, rollout_step
 
 # With no data given: two-digit sums and differences, the task a ~1M-parameter model can
 # learn in minutes on a CPU (the full task mix needs a larger model or a longer warm start).
-DEFAULT_DATA = {"num_samples": 4000, "task_types": ["math"], "difficulty": "medium"}
+DEFAULT_DATA = {"num_samples": 12000, "task_types": ["math"], "difficulty": "medium"}
 
 
 @dataclass

@@ -68,3 +68,9 @@ def test_bad_files(tmp_path: Path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(DapoError, match="expected sections"):
         load_config(bad)
+
+
+def test_readme_config_reference_is_the_generated_table():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    assert readme.split(start, 1)[1].split(end, 1)[0] == reference_table()

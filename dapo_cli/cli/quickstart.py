@@ -26,9 +26,9 @@ EXAMPLE = "Example: dapo quickstart --workdir runs/first"
 # The defaults are the measured quickstart in the README (2-core CPU, tiny-1m).
 DEFAULT_TASK_TYPES = "math"
 DEFAULT_DIFFICULTY = "medium"
-DEFAULT_SAMPLES = 6000
-DEFAULT_SFT_STEPS = 600
-DEFAULT_RL_STEPS = 30
+DEFAULT_SAMPLES = 12000
+DEFAULT_SFT_STEPS = 800
+DEFAULT_RL_STEPS = 40
 DEFAULT_TRAIN_SETTINGS = (
     "rollout.max_new_tokens=64",
     "algorithm.overlong_cache_len=8",

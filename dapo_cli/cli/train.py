@@ -47,7 +47,7 @@ class RichObserver(TrainObserver):
         return self.tasks[name]
 
     def message(self, text: str) -> None:
-        self.progress.console.print(f"[dim]{text}[/dim]", highlight=False)
+        self.progress.console.print(f"[dim]{text}[/dim]", highlight=False, soft_wrap=True)
 
     def sft_step(self, step: int, total: int, loss: float) -> None:
         self.progress.update(
@@ -56,7 +56,9 @@ class RichObserver(TrainObserver):
 
     def train_step(self, step: int, total: int, metrics: dict[str, float]) -> None:
         self.progress.update(self._bar("dapo", total), completed=step)
-        self.progress.console.print(f"step {step:>4}  {format_step(metrics)}", highlight=False)
+        self.progress.console.print(
+            f"step {step:>4}  {format_step(metrics)}", highlight=False, soft_wrap=True
+        )
 
 
 def _progress() -> Progress:
