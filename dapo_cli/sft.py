@@ -63,25 +63,6 @@ def supervised_loss(model, ids, mask, labels) -> torch.Tensor:
     )
 
 
-def _bucketed_epoch(
-    examples: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random
-) -> list[int]:
-    """One epoch's order: shuffled, then sorted by length within windows of 64 batches and cut
-    into batches that are shuffled again. Each batch holds similar lengths, so little of it is
-    padding (about a third less compute on the warm-start data), and the order stays random."""
-    order = list(range(len(examples)))
-    rng.shuffle(order)
-    window = batch_size * 64
-    batches = []
-    for w in range(0, len(order), window):
-        chunk = sorted(
-            order[w : w + window], key=lambda i: len(examples[i][0]) + len(examples[i][1])
-        )
-        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return [i for batch in batches for i in batch]
-
-
 def supervised_warm_start(
     policy: Policy,
     samples: list[dict[str, Any]],
@@ -116,7 +97,9 @@ def supervised_warm_start(
     step = 0
     for step in range(1, steps + 1):
         if len(order) < batch_size:
-            order += _bucketed_epoch(examples, batch_size, rng)
+            fresh = list(range(len(examples)))
+            rng.shuffle(fresh)
+            order += fresh
         chosen, order = order[:batch_size], order[batch_size:]
         ids, mask, labels = _collate([examples[i] for i in chosen], policy.pad_id, policy.device)
         loss = supervised_loss(model, ids, mask, labels)
