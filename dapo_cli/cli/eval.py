@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -133,17 +134,22 @@ def eval_(
 
 
 def comparison_table(results: list[dict[str, Any]], n: int, split: str, prompts: int) -> Table:
-    """Task types as rows; avg@n, pass@n, length and truncation per model; Δ avg@n."""
-    table = Table(title=f"{prompts} {split} prompts, {n} sample(s) each")
+    """Task types as rows; avg@n, pass@n, mean length and truncation rate per model (numbered,
+    named in the caption so the columns stay narrow); Δ avg@n of the last model over the first."""
+    legend = "   ".join(f"[{i}] {entry['model']}" for i, entry in enumerate(results, start=1))
+    table = Table(
+        title=f"{prompts} {split} prompts, {n} sample(s) each", caption=legend,
+        box=box.SIMPLE_HEAVY, pad_edge=False, collapse_padding=True,
+    )  # fmt: skip
     table.add_column("task type")
-    for i, entry in enumerate(results, start=1):
-        label = f"[{i}] {Path(entry['model']).name or entry['model']}"
-        table.add_column(f"{label}\navg@{n}", justify="right")
+    for i, _ in enumerate(results, start=1):
+        table.add_column(f"[{i}]\navg@{n}", justify="right")
         if n > 1:
-            table.add_column(f"pass@{n}", justify="right")
-        table.add_column("len/trunc", justify="right")
+            table.add_column(f"[{i}]\npass@{n}", justify="right")
+        table.add_column(f"[{i}]\nlen", justify="right")
+        table.add_column(f"[{i}]\ntrunc", justify="right")
     if len(results) > 1:
-        table.add_column(f"Δ avg@{n}\n[{len(results)}]−[1]", justify="right")
+        table.add_column(f"Δ avg@{n}\n[{len(results)}]−[1]", justify="right", min_width=7)
     for t in results[0]["summary"]:
         cells = []
         for entry in results:
@@ -151,7 +157,7 @@ def comparison_table(results: list[dict[str, Any]], n: int, split: str, prompts:
             cells.append(f"{s[f'avg@{n}']:.3f}")
             if n > 1:
                 cells.append(f"{s[f'pass@{n}']:.3f}")
-            cells.append(f"{s['length_mean']:.1f}/{s['truncation_rate']:.2f}")
+            cells += [f"{s['length_mean']:.1f}", f"{s['truncation_rate']:.2f}"]
         if len(results) > 1:
             first = results[0]["summary"][t][f"avg@{n}"]
             last = results[-1]["summary"][t][f"avg@{n}"]
