@@ -42,10 +42,17 @@ def _expression(rng: random.Random, difficulty: str) -> str:
     return expr
 
 
-def evaluate_expression(expr: str) -> int:
-    """Evaluate an expression of integers, + - * and parentheses (no eval of arbitrary code)."""
+def evaluate_expression(expr: str, steps: list[str] | None = None) -> int:
+    """Evaluate an expression of integers, + - * and parentheses (no eval of arbitrary code).
+    With ``steps``, each operation is appended to it as ``a op b = c`` in evaluation order."""
     tokens = expr.replace("(", " ( ").replace(")", " ) ").split()
     pos = 0
+
+    def apply(lhs: int, op: str, rhs: int) -> int:
+        value = {"+": lhs + rhs, "-": lhs - rhs, "*": lhs * rhs}[op]
+        if steps is not None:
+            steps.append(f"{lhs} {op} {rhs} = {value}")
+        return value
 
     def parse_sum() -> int:
         nonlocal pos
@@ -53,8 +60,7 @@ def evaluate_expression(expr: str) -> int:
         while pos < len(tokens) and tokens[pos] in "+-":
             op = tokens[pos]
             pos += 1
-            rhs = parse_product()
-            value = value + rhs if op == "+" else value - rhs
+            value = apply(value, op, parse_product())
         return value
 
     def parse_product() -> int:
@@ -62,7 +68,7 @@ def evaluate_expression(expr: str) -> int:
         value = parse_atom()
         while pos < len(tokens) and tokens[pos] == "*":
             pos += 1
-            value *= parse_atom()
+            value = apply(value, "*", parse_atom())
         return value
 
     def parse_atom() -> int:
@@ -106,9 +112,11 @@ def worked_solution(expr: str) -> str:
 
     A ± b on numbers up to two digits is worked column by column (ones, then tens, with the
     carry or borrow written out); longer expressions are worked one operation at a time in
-    evaluation order. Every line is checked against :func:`evaluate_expression`.
+    evaluation order, as :func:`evaluate_expression` records them; the column working is
+    checked against its value.
     """
-    value = evaluate_expression(expr)
+    steps: list[str] = []
+    value = evaluate_expression(expr, steps)
     tokens = expr.split()
     if len(tokens) == 3 and "(" not in expr and tokens[1] in "+-":
         a, op, b = int(tokens[0]), tokens[1], int(tokens[2])
@@ -118,49 +126,7 @@ def worked_solution(expr: str) -> str:
             text, got = _column_steps(a, op, b)
             assert got == value, (expr, got, value)
             return f"{text}. Answer: {value}"
-    steps: list[str] = []
-    _evaluate_traced(expr, steps)
     return "; ".join(steps) + f". Answer: {value}"
-
-
-def _evaluate_traced(expr: str, steps: list[str]) -> int:
-    """Evaluate like :func:`evaluate_expression`, recording each operation as ``a op b = c``."""
-    tokens = expr.replace("(", " ( ").replace(")", " ) ").split()
-    pos = 0
-
-    def apply(lhs: int, op: str, rhs: int) -> int:
-        value = {"+": lhs + rhs, "-": lhs - rhs, "*": lhs * rhs}[op]
-        steps.append(f"{lhs} {op} {rhs} = {value}")
-        return value
-
-    def parse_sum() -> int:
-        nonlocal pos
-        value = parse_product()
-        while pos < len(tokens) and tokens[pos] in "+-":
-            op = tokens[pos]
-            pos += 1
-            value = apply(value, op, parse_product())
-        return value
-
-    def parse_product() -> int:
-        nonlocal pos
-        value = parse_atom()
-        while pos < len(tokens) and tokens[pos] == "*":
-            pos += 1
-            value = apply(value, "*", parse_atom())
-        return value
-
-    def parse_atom() -> int:
-        nonlocal pos
-        tok = tokens[pos]
-        pos += 1
-        if tok == "(":
-            value = parse_sum()
-            pos += 1  # ")"
-            return value
-        return int(tok)
-
-    return parse_sum()
 
 
 class MathTask(Task):
