@@ -50,6 +50,9 @@ class Rollout:
             truncated=self.truncated[idx],
         )
 
+    def to(self, device) -> Rollout:
+        return Rollout(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
     @staticmethod
     def concat(parts: Sequence[Rollout], pad_token_id: int) -> Rollout:
         """Stack rollouts of different lengths: prompts padded on the left, responses on

@@ -20,6 +20,7 @@ import torch
 from dapo_cli import checkpoint as ckpt
 from dapo_cli.config import Config
 from dapo_cli.datagen import generate_dataset
+from dapo_cli.distributed import Dist, from_env
 from dapo_cli.errors import DapoError
 from dapo_cli.models import embedded_base, models_root
 from dapo_cli.observer import TrainObserver
@@ -139,20 +140,30 @@ class _GracefulInterrupt:
             signal.signal(signal.SIGINT, previous)
 
 
-def _trainer_state(step, run_id, stream, optimizer, scheduler, generator, rng) -> dict:
+def _trainer_state(step, run_id, stream, optimizer, scheduler, generators, rng) -> dict:
+    """``generators``: every rank's sampling generator state, in rank order."""
     return {
         "step": step, "run_id": run_id, "stream": stream.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "generator": generator.get_state(), "rng": rng.getstate(),
+        "generator": generators[0], "generators": generators, "rng": rng.getstate(),
         "torch_rng": torch.get_rng_state(),
     }  # fmt: skip
+
+
+def _sampling_generator(device, seed: int, dist: Dist) -> torch.Generator:
+    """Rank 0 samples with ``seed`` (a single process is rank 0); other ranks with their own
+    streams, so two ranks never draw the same random numbers."""
+    return torch.Generator(device=device).manual_seed(seed + 1_000_003 * dist.rank)
 
 
 def run_training(
     config: Config, *, resume: bool = False, observer: TrainObserver | None = None
 ) -> TrainResult:
-    """Train with DAPO as ``config`` says; returns where things went and the metrics."""
-    observer = observer or TrainObserver()
+    """Train with DAPO as ``config`` says; returns where things went and the metrics.
+
+    Under ``accelerate launch``/``torchrun`` every process calls this; see ``distributed``."""
+    dist = from_env()
+    observer = observer if observer is not None and dist.main else TrainObserver()
     out_dir = Path(config.output.output_dir)
     resume_from = ckpt.latest_checkpoint(out_dir) if resume else None
     if resume and resume_from is None:
@@ -164,21 +175,23 @@ def run_training(
     elif config.model.name:
         source, warm = config.model.name, config.warm_start.enabled == "on"
     else:  # the embedded default: warm-started (and cached) unless switched off
-        embedded = (
-            warm_start(config, samples, observer)
-            if config.warm_start.enabled != "off"
-            else embedded_base(config.model.embedded_size)
-        )
+        with dist.main_first():  # rank 0 builds the cache, the others then reuse it
+            embedded = (
+                warm_start(config, samples, observer)
+                if config.warm_start.enabled != "off"
+                else embedded_base(config.model.embedded_size)
+            )
         source, warm = str(embedded), False
-    policy = load_policy(source, device=config.model.device, dtype=config.model.dtype)
+    policy = load_policy(source, device=_device(config, dist), dtype=config.model.dtype)
     if warm:
         _supervise(policy, samples, config, observer)
+    dist.broadcast_params(policy.model)
     if config.model.gradient_checkpointing:
         policy.model.gradient_checkpointing_enable()
     samples = _fitting_prompts(policy, samples, config.data.max_prompt_tokens, observer)
     reference = None
     if config.algorithm.kl_coef > 0:
-        reference = load_policy(source, device=config.model.device, dtype=config.model.dtype).model
+        reference = load_policy(source, device=policy.device, dtype=config.model.dtype).model
 
     t = config.train
     torch.manual_seed(t.seed)
@@ -189,66 +202,90 @@ def run_training(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     stream = PromptStream(samples, t.seed)
-    generator = torch.Generator(device=policy.device).manual_seed(t.seed)
+    generator = _sampling_generator(policy.device, t.seed, dist)
     rng = random.Random(f"dapo-minibatch:{t.seed}")
     step = 0
 
     db_path = resolve_db_path(config.output.db_path)
-    store = Store(db_path)
+    store = Store(db_path) if dist.main else None  # only rank 0 writes
+    run_id = ""
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
         step, run_id = state["step"], state["run_id"]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         stream.load_state_dict(state["stream"])
-        generator.set_state(state["generator"])
+        generators = state.get("generators", [state["generator"]])
+        if len(generators) == dist.world:
+            generator.set_state(generators[dist.rank])
+        else:
+            observer.message(
+                f"resume: the checkpoint has {len(generators)} sampling stream(s) for "
+                f"{dist.world} process(es); sampling is reseeded"
+            )
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
-        store.reopen_run(run_id, step)
+        if store is not None:
+            store.reopen_run(run_id, step)
         observer.message(f"resumed from {resume_from} at step {step}")
-    else:
+    elif store is not None:
         run_id = store.start_run("train", config.to_dict(), source)
 
     def save(path: Path) -> None:
-        state = _trainer_state(step, run_id, stream, optimizer, scheduler, generator, rng)
-        ckpt.save_checkpoint(path, policy.model, policy.tokenizer, state)
+        generators = dist.gather(generator.get_state())  # collective: every rank calls it
+        if dist.main:
+            state = _trainer_state(step, run_id, stream, optimizer, scheduler, generators, rng)
+            ckpt.save_checkpoint(path, policy.model, policy.tokenizer, state)
+        dist.barrier()
 
     history: list[dict[str, float]] = []
     status = "completed"
-    tensorboard = _tensorboard_writer(out_dir, run_id, observer)
+    tensorboard = _tensorboard_writer(out_dir, run_id, observer) if dist.main else None
     interrupt = _GracefulInterrupt(observer)
     try:
         with interrupt.installed():
             while step < t.steps:
                 metrics = rollout_step(
-                    policy, optimizer, scheduler, stream, config, generator, rng, reference
+                    policy, optimizer, scheduler, stream, config, generator, rng, reference, dist
                 )
                 step += 1
                 history.append(metrics)
-                store.log_metrics(run_id, step, metrics)
+                if store is not None:
+                    store.log_metrics(run_id, step, metrics)
                 if tensorboard is not None:
                     for name, value in metrics.items():
                         tensorboard.add_scalar(f"dapo/{name}", value, step)
                     tensorboard.flush()
                 observer.train_step(step, t.steps, metrics)
                 every = config.output.save_every
-                if interrupt.requested or (every and step % every == 0 and step < t.steps):
+                stop = dist.any(interrupt.requested)  # every rank stops at the same step
+                if stop or (every and step % every == 0 and step < t.steps):
                     save(ckpt.step_dir(out_dir, step))
-                    ckpt.prune_checkpoints(out_dir, config.output.keep_checkpoints)
-                if interrupt.requested:
+                    if dist.main:
+                        ckpt.prune_checkpoints(out_dir, config.output.keep_checkpoints)
+                if stop:
                     status = "interrupted"
                     break
     except BaseException:
-        store.finish_run(run_id, "failed" if not interrupt.requested else "interrupted")
+        if store is not None:
+            store.finish_run(run_id, "failed" if not interrupt.requested else "interrupted")
         raise
     final_dir = None
     if status == "completed":
         final_dir = out_dir / ckpt.FINAL_NAME
         save(final_dir)
-    store.finish_run(run_id, status)
+    if store is not None:
+        store.finish_run(run_id, status)
     if tensorboard is not None:
         tensorboard.close()
     return TrainResult(run_id, status, step, final_dir, db_path, history)
+
+
+def _device(config: Config, dist: Dist):
+    """One GPU per process under a launcher (LOCAL_RANK); the configured device otherwise."""
+    if dist.active and config.model.device == "auto" and torch.cuda.is_available():
+        return f"cuda:{dist.local_rank}"
+    return config.model.device
 
 
 def _fitting_prompts(policy: Policy, samples, limit: int, observer: TrainObserver):

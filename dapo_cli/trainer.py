@@ -26,6 +26,7 @@ import torch
 
 from dapo_cli import algorithm as A
 from dapo_cli.config import Config
+from dapo_cli.distributed import SINGLE, Dist
 from dapo_cli.errors import DapoError
 from dapo_cli.policy import Policy
 from dapo_cli.rewards import score
@@ -96,10 +97,16 @@ def score_responses(
 
 
 def collect_batch(
-    policy: Policy, stream: PromptStream, config: Config, generator: torch.Generator
+    policy: Policy,
+    stream: PromptStream,
+    config: Config,
+    generator: torch.Generator,
+    dist: Dist = SINGLE,
 ) -> Batch:
     """Generate and filter until ``train_batch_size`` prompts carry signal (dynamic sampling),
-    or take one batch of ``train_batch_size`` prompts as they come (dynamic sampling off)."""
+    or take one batch of ``train_batch_size`` prompts as they come (dynamic sampling off).
+    With several processes each samples and scores its slice of every generation batch, and
+    the slices are gathered, so every rank continues with the same global batch."""
     t, r, a = config.train, config.rollout, config.algorithm
     G = r.group_size
     want = t.train_batch_size
@@ -119,21 +126,12 @@ def collect_batch(
                 f"--set train.on_gen_cap=continue to train on partial batches"
             )
         samples = stream.take(per_batch)
-        ids, mask = policy.encode([s["prompt"] for s in samples], repeat=G)
-        rollout = sample(
-            policy.model,
-            ids,
-            mask,
-            max_new_tokens=r.max_new_tokens,
-            eos_token_ids=policy.stop_ids,
-            pad_token_id=policy.pad_id,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            generator=generator,
+        rollout, reward, correct = _sample_and_score(
+            policy, samples[dist.shard(len(samples))], config, generator
         )
+        if dist.active:
+            rollout, reward, correct = _gather_scored(dist, policy, rollout, reward, correct)
         n_batches += 1
-        reward, correct = score_responses(policy, rollout, samples, G, config)
         seen["reward"].append(reward)
         seen["correct"].append(correct)
         seen["length"].append(rollout.lengths.cpu())
@@ -174,6 +172,38 @@ def collect_batch(
     return Batch(rollout, advantages, loss_mask, stats)
 
 
+def _sample_and_score(
+    policy: Policy, samples: list[dict], config: Config, generator: torch.Generator
+) -> tuple[Rollout | None, torch.Tensor, torch.Tensor]:
+    """G responses per prompt in one batched generation, with rewards and correctness."""
+    if not samples:  # a rank whose slice of a small generation batch is empty
+        return None, torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+    r = config.rollout
+    ids, mask = policy.encode([s["prompt"] for s in samples], repeat=r.group_size)
+    rollout = sample(
+        policy.model,
+        ids,
+        mask,
+        max_new_tokens=r.max_new_tokens,
+        eos_token_ids=policy.stop_ids,
+        pad_token_id=policy.pad_id,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        generator=generator,
+    )
+    reward, correct = score_responses(policy, rollout, samples, r.group_size, config)
+    return rollout, reward, correct
+
+
+def _gather_scored(dist: Dist, policy: Policy, rollout, reward, correct):
+    """Every rank's scored slice, concatenated in rank order (= prompt order)."""
+    mine = None if rollout is None else (rollout.to("cpu"), reward, correct)
+    parts = [p for p in dist.gather(mine) if p is not None]
+    rollout = Rollout.concat([p[0] for p in parts], policy.pad_id).to(policy.device)
+    return rollout, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
+
+
 def update(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
@@ -181,9 +211,12 @@ def update(
     config: Config,
     rng: random.Random,
     reference=None,
+    dist: Dist = SINGLE,
 ) -> dict[str, float]:
     """``ppo_epochs`` passes over mini-batches; one optimiser step per mini-batch, with
-    micro-batch gradient accumulation exact for token-mean (global denominator)."""
+    micro-batch gradient accumulation exact for token-mean (global denominator). With several
+    processes each rank back-propagates its share of every mini-batch and the gradients are
+    summed across ranks before the step, so every rank takes the single-process step."""
     t, r, a = config.train, config.rollout, config.algorithm
     G = r.group_size
     n_prompts = batch.rollout.prompt_ids.size(0) // G
@@ -200,12 +233,13 @@ def update(
             prompts = order[start : start + t.mini_batch_size]
             rows = torch.tensor([p * G + j for p in prompts for j in range(G)])
             mask_mb = batch.loss_mask[rows]  # (b, T)
-            num_tokens = mask_mb.sum()
+            num_tokens = mask_mb.sum()  # of the whole mini-batch, on every rank
             num_seqs = (mask_mb.sum(-1) > 0).sum()
+            mine = rows[dist.shard(len(rows))]
             optimizer.zero_grad(set_to_none=True)
             finite = True
-            for m0 in range(0, len(rows), t.micro_batch_size):
-                micro = rows[m0 : m0 + t.micro_batch_size]
+            for m0 in range(0, len(mine), t.micro_batch_size):
+                micro = mine[m0 : m0 + t.micro_batch_size]
                 sub = batch.rollout.select(micro)
                 mask = batch.loss_mask[micro][:, : sub.response_ids.size(1)].to(policy.device)
                 logp, entropy = sequence_logprobs(
@@ -240,7 +274,9 @@ def update(
                 for k, v in st.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * w
                 weight += w
+            finite = not dist.any(not finite)
             if finite:
+                dist.sum_grads(params)
                 clip = t.grad_clip if t.grad_clip > 0 else float("inf")
                 norm = torch.nn.utils.clip_grad_norm_(params, clip)
                 finite = bool(torch.isfinite(norm))
@@ -251,6 +287,11 @@ def update(
             optimizer.step()
             grad_norms.append(float(norm))
             n_updates += 1
+    if dist.active:  # per-token statistics over every rank's rows
+        parts = dist.gather((sums, weight))
+        keys = dict.fromkeys(k for p in parts for k in p[0])
+        sums = {k: sum(p[0].get(k, 0.0) for p in parts) for k in keys}
+        weight = sum(p[1] for p in parts)
     # no token counted (e.g. every response truncated and filtered): the loss is exactly 0
     out = {k: v / weight if weight else math.nan for k, v in sums.items()}
     out["loss"] = out.get("loss", math.nan) if weight else 0.0
@@ -287,12 +328,14 @@ def rollout_step(
     generator: torch.Generator,
     rng: random.Random,
     reference=None,
+    dist: Dist = SINGLE,
 ) -> dict[str, float]:
     """One full DAPO step; returns its metrics."""
     start = time.perf_counter()
-    batch = collect_batch(policy, stream, config, generator)
+    batch = collect_batch(policy, stream, config, generator, dist)
     gen_time = time.perf_counter() - start
-    metrics = {**batch.stats, **update(policy, optimizer, batch, config, rng, reference)}
+    update_metrics = update(policy, optimizer, batch, config, rng, reference, dist)
+    metrics = {**batch.stats, **update_metrics}
     metrics["lr"] = optimizer.param_groups[0]["lr"]
     scheduler.step()
     step_time = time.perf_counter() - start

@@ -4,6 +4,7 @@ user can cause into one clear line and a non-zero exit."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,7 +15,8 @@ from rich.text import Text
 
 from dapo_cli.errors import DapoError
 
-console = Console()
+# Under a multi-process launcher (accelerate launch, torchrun) only rank 0 prints.
+console = Console(quiet=os.environ.get("RANK", "0") != "0")
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,0 +1,44 @@
+"""Run by tests/test_distributed.py under ``torch.distributed.run`` (2 CPU processes, gloo).
+
+``update BATCH MODEL_DIR OUT CONFIG_JSON``: one ``trainer.update`` of a saved batch with
+plain SGD; rank 0 saves the weights and metrics.
+``train ARGS...``: the ``dapo train`` command itself.
+"""
+
+import json
+import random
+import sys
+
+import torch
+
+from dapo_cli.rewards import register_verifier
+from dapo_cli.tasks.base import Score
+
+register_verifier("test-parity", lambda s, c: Score.binary(len(c) % 2 == 0))
+
+
+def run_update(batch_file: str, model_dir: str, out: str, overrides: str) -> None:
+    from dapo_cli import distributed, trainer
+    from dapo_cli.config import load_config
+    from dapo_cli.policy import load_policy
+
+    dist = distributed.from_env()
+    config = load_config(None, json.loads(overrides))
+    policy = load_policy(model_dir)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config.train.lr)
+    batch = torch.load(batch_file, weights_only=False)
+    rng = random.Random(0)
+    metrics = trainer.update(policy, optimizer, batch, config, rng, dist=dist)
+    if dist.main:
+        torch.save({"state": policy.model.state_dict(), "metrics": metrics}, out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "update":
+        run_update(*sys.argv[2:6])
+    else:
+        from dapo_cli.cli.app import main
+
+        sys.argv = ["dapo", *sys.argv[1:]]
+        main()
