@@ -1,0 +1,276 @@
+"""Scaling benchmark: DAPO step time and peak memory against G, response length, model size
+and micro-batch size; and one step of a Qwen2.5-0.5B-shaped model.
+
+Every configuration runs in its own subprocess (so its peak RSS is its own): it loads the
+model, runs ``--steps`` full DAPO steps (``trainer.rollout_step``: sample, score, update) on
+generated medium math prompts, and reports the median step time of the steps after the
+first, the generation share, tokens, and the peak RSS (``ru_maxrss``) before the first step
+and at the end. The models are random-init (no warm start), so every response runs to
+``max_new_tokens`` (a random model almost never samples EOS): the worst case for time and
+memory, and the same token count in every repeat. Dynamic sampling is off (a random model's
+groups are all wrong, so it would never fill a batch); the update runs in full regardless
+(the loss is zero when all advantages are zero, but the forward and backward passes run).
+
+``--qwen05b`` also runs ``dapo train`` itself for one step on a model with Qwen2.5-0.5B's
+shape (24 layers, hidden 896, 14 heads / 2 KV heads, MLP 4864, vocabulary 151,936, tied
+embeddings: 494M parameters), random init from the config, with gradient checkpointing and
+micro-batches, and reports its peak RSS and step time.
+
+Run from the repository root::
+
+    python benchmarks/bench_scaling.py               # the grid (~15 min on 2 cores)
+    python benchmarks/bench_scaling.py --qwen05b     # the grid, then the 0.5B step
+    python benchmarks/bench_scaling.py --quick       # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+WORKER_FLAG = "--worker"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", nargs="+", default=["tiny-1m", "tiny-10m"])
+    p.add_argument("--groups", nargs="+", type=int, default=[4, 8, 16], help="G values")
+    p.add_argument("--lengths", nargs="+", type=int, default=[32, 64, 128], help="max new tokens")
+    p.add_argument("--base-group", type=int, default=8, help="G while the length varies")
+    p.add_argument("--base-length", type=int, default=64, help="length while G varies")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    p.add_argument("--micro", type=int, default=32, help="responses per forward/backward")
+    p.add_argument(
+        "--micro-sweep", nargs="*", type=int, default=[8, 32, 128],
+        help="micro-batch sizes for the memory rows (largest model, largest G and length)",
+    )  # fmt: skip
+    p.add_argument("--steps", type=int, default=3, help="steps per config; the first is warm-up")
+    p.add_argument("--qwen05b", action="store_true", help="also one step of a 0.5B-shaped model")
+    p.add_argument("--models-dir", default=None, help="where embedded models are built/reused")
+    p.add_argument("--output", default=None, help="also write the results as JSON here")
+    p.add_argument("--quick", action="store_true", help="smoke run")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.groups, args.lengths = ["tiny-1m"], [2, 4], [8, 16]
+        args.base_group, args.base_length, args.prompts, args.steps = 2, 8, 2, 2
+        args.micro_sweep = [4, 16]
+    return args
+
+
+# --- the worker: one configuration in its own process ----------------------------------
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import random
+
+    import torch
+
+    from dapo_cli.config import load_config
+    from dapo_cli.datagen import generate_dataset
+    from dapo_cli.policy import load_policy
+    from dapo_cli.trainer import PromptStream, lr_lambda, rollout_step
+
+    G, length, prompts = spec["group"], spec["length"], spec["prompts"]
+    config = load_config(None, [
+        f"rollout.group_size={G}", f"rollout.max_new_tokens={length}",
+        f"algorithm.overlong_cache_len={max(length // 8, 1)}",
+        "algorithm.dynamic_sampling=false", "algorithm.overlong_filtering=false",
+        f"train.train_batch_size={prompts}", f"train.mini_batch_size={prompts}",
+        f"train.micro_batch_size={spec['micro']}", "train.warmup_steps=0",
+    ])  # fmt: skip
+    policy = load_policy(spec["model_dir"])
+    data = generate_dataset(max(64, prompts * spec["steps"]), ["math"], seed=0, test_fraction=0.0)
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=config.train.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    stream = PromptStream(data, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    rng = random.Random(0)
+    rss_loaded = rss_mib()
+    steps = []
+    for _ in range(spec["steps"]):
+        m = rollout_step(policy, optimizer, scheduler, stream, config, generator, rng)
+        steps.append({k: m[k] for k in ("step_time", "gen_time", "tokens_generated")})
+    timed = steps[1:] or steps
+    return {
+        **spec,
+        "params": sum(p.numel() for p in policy.model.parameters()),
+        "steps_raw": steps,
+        "step_s": statistics.median(s["step_time"] for s in timed),
+        "gen_s": statistics.median(s["gen_time"] for s in timed),
+        "tokens": statistics.median(s["tokens_generated"] for s in timed),
+        "rss_loaded_mib": rss_loaded,
+        "rss_peak_mib": rss_mib(),
+    }
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, WORKER_FLAG, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"worker failed for {spec}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the 0.5B-shaped step through the CLI ----------------------------------------------
+
+QWEN05B_SHAPE = {
+    "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+    "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+    "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+}  # fmt: skip
+
+
+def build_qwen05b(folder: Path) -> Path:
+    """Random-init Qwen2 with Qwen2.5-0.5B's shape, saved with the embedded tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from dapo_cli.models import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        **QWEN05B_SHAPE,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def qwen05b_step(workdir: Path) -> dict[str, Any]:
+    model_dir = build_qwen05b(workdir / "qwen05b-shape")
+    data = workdir / "math.jsonl"
+    from dapo_cli.datagen import generate_dataset
+    from dapo_cli.records import write_records
+
+    write_records(data, generate_dataset(64, ["math"], seed=0, test_fraction=0.0))
+    settings = {
+        "rollout.group_size": 4, "rollout.max_new_tokens": 32,
+        "algorithm.overlong_cache_len": 4, "algorithm.dynamic_sampling": "false",
+        "train.train_batch_size": 4, "train.mini_batch_size": 4, "train.micro_batch_size": 4,
+        "model.gradient_checkpointing": "true", "output.save_every": 0,
+    }  # fmt: skip
+    cmd = [sys.executable, "-m", "dapo_cli", "train", "--model", str(model_dir),
+           "--data", str(data), "--steps", "1", "--output-dir", str(workdir / "ck"),
+           "--db-path", str(workdir / "d.db")]  # fmt: skip
+    for k, v in settings.items():
+        cmd += ["--set", f"{k}={v}"]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"0.5B step failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    import sqlite3
+
+    with sqlite3.connect(workdir / "d.db") as db:
+        metrics = dict(db.execute("SELECT name, value FROM metrics WHERE step = 1").fetchall())
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "settings": settings, "wall_s_including_load_and_save": wall,
+        "step_s": metrics["step_time"], "gen_s": metrics["gen_time"],
+        "tokens_generated": metrics["tokens_generated"], "peak_rss_mib": peak,
+    }  # fmt: skip
+
+
+# --- the grid --------------------------------------------------------------------------
+
+
+def grid(args) -> list[dict[str, Any]]:
+    specs = []
+    for size in args.sizes:
+        for g in args.groups:
+            specs.append(
+                {"size": size, "group": g, "length": args.base_length, "micro": args.micro}
+            )
+        for n in args.lengths:
+            if n != args.base_length:
+                specs.append({"size": size, "group": args.base_group, "length": n,
+                              "micro": args.micro})  # fmt: skip
+    for micro in args.micro_sweep:
+        specs.append({"size": args.sizes[-1], "group": max(args.groups),
+                      "length": max(args.lengths), "micro": micro})  # fmt: skip
+    unique = []
+    for s in specs:
+        if s not in unique:
+            unique.append(s)
+    return unique
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = ("model", "G", "len", "micro", "rows", "tokens", "step s", "gen s", "update s",
+            "RSS loaded MiB", "RSS peak MiB")  # fmt: skip
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        cells = (r["size"], r["group"], r["length"], r["micro"], r["prompts"] * r["group"],
+                 f"{r['tokens']:.0f}", f"{r['step_s']:.2f}", f"{r['gen_s']:.2f}",
+                 f"{r['step_s'] - r['gen_s']:.2f}", f"{r['rss_loaded_mib']:.0f}",
+                 f"{r['rss_peak_mib']:.0f}")  # fmt: skip
+        print("| " + " | ".join(map(str, cells)) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 2 and sys.argv[1] == WORKER_FLAG:
+        print(json.dumps(worker(json.loads(sys.argv[2]))))
+        return 0
+    args = parse_args(argv)
+    import torch
+
+    from dapo_cli.models import embedded_base
+
+    models_dir = Path(
+        args.models_dir
+        or os.environ.get("DAPO_HOME")
+        or Path(tempfile.gettempdir()) / "dapo_cli-bench-models"
+    )
+    dirs = {size: str(embedded_base(size, models_dir)) for size in args.sizes}
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")  # fmt: skip
+    print(f"settings: {args.prompts} prompts/step, {args.steps} steps per config "
+          "(median of all but the first), random-init models, dynamic sampling off")  # fmt: skip
+    rows = []
+    for spec in grid(args):
+        spec = {**spec, "prompts": args.prompts, "steps": args.steps,
+                "model_dir": dirs[spec["size"]]}  # fmt: skip
+        t0 = time.perf_counter()
+        rows.append(run_worker(spec))
+        print(f"  done {spec['size']} G={spec['group']} len={spec['length']} "
+              f"micro={spec['micro']} in {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+    print_table(rows)
+    result: dict[str, Any] = {"grid": rows}
+    if args.qwen05b:
+        with tempfile.TemporaryDirectory(prefix="dapo-qwen05b-") as tmp:
+            q = qwen05b_step(Path(tmp))
+        result["qwen05b"] = q
+        print(f"Qwen2.5-0.5B-shaped, one DAPO step ({q['settings']}): step "
+              f"{q['step_s']:.1f} s (generation {q['gen_s']:.1f} s), peak RSS "
+              f"{q['peak_rss_mib']:.0f} MiB")  # fmt: skip
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
