@@ -265,8 +265,10 @@ def validate(config: Config) -> Config:
         (a.eps_low >= 0 and a.eps_high >= 0, "algorithm.eps_low/eps_high must be >= 0"),
         (a.dual_clip is None or a.dual_clip > 1, "algorithm.dual_clip must be > 1 (or empty)"),
         (
-            0 <= a.overlong_cache_len < r.max_new_tokens,
-            "algorithm.overlong_cache_len must be in [0, rollout.max_new_tokens)",
+            a.overlong_cache_len >= 0
+            and (not a.soft_overlong_punishment or a.overlong_cache_len < r.max_new_tokens),
+            "algorithm.overlong_cache_len must be in [0, rollout.max_new_tokens) "
+            "(with algorithm.soft_overlong_punishment on)",
         ),
         (a.kl_coef >= 0, "algorithm.kl_coef must be >= 0"),
         (config.warm_start.steps >= 1, "warm_start.steps must be at least 1"),

@@ -126,12 +126,13 @@ def _cache_of(out):
     return past if past is not None else out.past_key_values
 
 
-def _last_logits_kwargs(model) -> dict:
-    """Ask for the last position's logits only (the prefill does not need the rest)."""
+def _keep_logits_kwargs(model, n: int) -> dict:
+    """Ask for the logits of the last ``n`` positions only, when the model's forward takes
+    that argument ({} otherwise: then it returns logits at every position)."""
     params = _forward_params(type(model))
     for name in ("logits_to_keep", "num_logits_to_keep"):
         if name in params:
-            return {name: 1}
+            return {name: n}
     return {}
 
 
@@ -168,7 +169,7 @@ def sample(
         attention_mask=mask,
         position_ids=positions,
         **_step_kwargs(model, None),
-        **_last_logits_kwargs(model),
+        **_keep_logits_kwargs(model, 1),  # the prefill needs the last only
     )
     past = _cache_of(out)
     next_logits = out.logits[:, -1, :]  # (B, V)
@@ -176,25 +177,39 @@ def sample(
 
     tokens, logps, alive_cols = [], [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    rows = torch.arange(batch, device=device)  # the batch row of each row still computed
+    can_drop = hasattr(past, "batch_select_indices")
     for _ in range(max_new_tokens):
-        logits = next_logits.float() / temperature  # (B, V)
+        logits = next_logits.float() / temperature  # (b, V), b = len(rows)
         logp = torch.log_softmax(logits, dim=-1)
         if greedy:
-            tok = logits.argmax(-1)  # (B,)
+            tok = logits.argmax(-1)  # (b,)
         else:
             probs = filter_logits(logits, top_k, top_p).softmax(-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-        alive = ~finished
-        tok = torch.where(alive, tok, torch.full_like(tok, pad_token_id))
-        tokens.append(tok)
-        logps.append(torch.where(alive, logp.gather(-1, tok[:, None]).squeeze(-1), 0.0))
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (b,)
+        live = ~finished[rows]  # (b,)
+        tok = torch.where(live, tok, torch.full_like(tok, pad_token_id))
+        step_tok = torch.full((batch,), pad_token_id, dtype=tok.dtype, device=device)
+        step_tok[rows] = tok
+        step_logp = torch.zeros(batch, dtype=logp.dtype, device=device)
+        step_logp[rows] = torch.where(live, logp.gather(-1, tok[:, None]).squeeze(-1), 0.0)
+        alive = torch.zeros(batch, dtype=torch.bool, device=device)
+        alive[rows] = live
+        tokens.append(step_tok)
+        logps.append(step_logp)
         alive_cols.append(alive)
         if on_token is not None:
-            on_token(tok)
-        finished = finished | torch.isin(tok, eos)
+            on_token(step_tok)
+        finished = finished | torch.isin(step_tok, eos)
         if bool(finished.all()):
             break
-        mask = torch.cat([mask, alive.long()[:, None]], dim=-1)
+        mask = torch.cat([mask, live.long()[:, None]], dim=-1)
+        done = finished[rows]  # (b,)
+        if can_drop and 4 * int(done.sum()) >= len(rows):
+            # a quarter of the rows have finished: stop computing them (KV cache included)
+            keep = (~done).nonzero().squeeze(-1)
+            past.batch_select_indices(keep)
+            rows, mask, next_pos, tok = rows[keep], mask[keep], next_pos[keep], tok[keep]
         out = model(
             input_ids=tok[:, None],
             attention_mask=mask,
@@ -225,9 +240,17 @@ def sequence_logprobs(
     ``return_entropy`` also the per-token entropy (B, T) of the temperature-scaled policy."""
     input_ids = torch.cat([rollout.prompt_ids, rollout.response_ids], dim=1)  # (B, P+T)
     mask = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1)  # (B, P+T)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
-    p = rollout.prompt_ids.size(1)
-    logits = out.logits[:, p - 1 : -1, :]  # (B, T, V): position t predicts response token t
+    T = rollout.response_ids.size(1)
+    keep = _keep_logits_kwargs(model, T + 1)  # the LM head on response positions only
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=position_ids_from_mask(mask),
+        use_cache=False,
+        **keep,
+    )
+    start = rollout.prompt_ids.size(1) - 1 if not keep else 0
+    logits = out.logits[:, start:-1, :]  # (B, T, V): position t predicts response token t
     if temperature != 1.0:
         logits = logits / temperature
     logprobs = token_logprobs(logits, rollout.response_ids)  # (B, T)

@@ -216,15 +216,24 @@ def update(
     """``ppo_epochs`` passes over mini-batches; one optimiser step per mini-batch, with
     micro-batch gradient accumulation exact for token-mean (global denominator). With several
     processes each rank back-propagates its share of every mini-batch and the gradients are
-    summed across ranks before the step, so every rank takes the single-process step."""
+    summed across ranks before the step, so every rank takes the single-process step.
+    Rows that cannot change the step (advantage 0, or every token masked) are not run, so
+    the per-token statistics (entropy, clip fractions, approx KL) are over the rows run."""
     t, r, a = config.train, config.rollout, config.algorithm
     G = r.group_size
     n_prompts = batch.rollout.prompt_ids.size(0) // G
     params = [p for p in policy.model.parameters() if p.requires_grad]
-    sums: dict[str, float] = {}
+    # With a KL term every row has a gradient; without, a row whose advantage is 0 (all of a
+    # group alike, dynamic sampling off) or whose tokens are all masked (overlong-filtered)
+    # adds exactly nothing, and skipping its forward/backward changes no parameter.
+    skip_idle = not (reference is not None and a.kl_coef > 0)
+    stat_keys = ["loss", "entropy", "clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"]
+    stat_keys += ["dual_clip_frac"] * (a.dual_clip is not None) + ["kl_ref"] * (not skip_idle)
+    sums = dict.fromkeys(stat_keys, 0.0)  # every key, even when no row is run (then NaN)
     weight = 0.0
     n_updates = n_nonfinite = 0
     grad_norms = []
+    idle = 0
 
     for _ in range(t.ppo_epochs):
         order = list(range(n_prompts))
@@ -235,6 +244,10 @@ def update(
             mask_mb = batch.loss_mask[rows]  # (b, T)
             num_tokens = mask_mb.sum()  # of the whole mini-batch, on every rank
             num_seqs = (mask_mb.sum(-1) > 0).sum()
+            if skip_idle:  # Â = 0 or no loss token: exactly 0 loss and gradient, so not run
+                adv_mb = batch.advantages[rows].reshape(len(rows), -1)  # (b, 1) or (b, T)
+                rows = rows[(mask_mb.sum(-1) > 0) & (adv_mb != 0).any(-1)]
+                idle += len(prompts) * G - len(rows)
             mine = rows[dist.shard(len(rows))]
             optimizer.zero_grad(set_to_none=True)
             finite = True
@@ -275,6 +288,9 @@ def update(
                     sums[k] = sums.get(k, 0.0) + float(v) * w
                 weight += w
             finite = not dist.any(not finite)
+            for p in params:  # a rank (or step) with no rows run: zero gradient, as before
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
             if finite:
                 dist.sum_grads(params)
                 clip = t.grad_clip if t.grad_clip > 0 else float("inf")
@@ -298,6 +314,7 @@ def update(
     out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
     out["updates"] = float(n_updates)
     out["nonfinite_skipped"] = float(n_nonfinite)
+    out["rows_skipped"] = idle / max(t.ppo_epochs * batch.rollout.prompt_ids.size(0), 1)
     out["mean_token_prob"] = float(
         A.masked_mean(batch.rollout.logprobs.exp(), batch.rollout.response_mask)
     )

@@ -33,6 +33,9 @@ def test_overrides_are_typed():
     assert c.data.task_types == ["math", "code"]
     assert c.algorithm.dynamic_sampling is False and c.model.name == "some/model"
     assert load_config(None, ["algorithm.dual_clip=null"]).algorithm.dual_clip is None
+    # the cache length only matters with the soft punishment on
+    off = ["algorithm.soft_overlong_punishment=false", "rollout.max_new_tokens=8"]
+    assert load_config(None, off).algorithm.overlong_cache_len >= 8
 
 
 @pytest.mark.parametrize(

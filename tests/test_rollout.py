@@ -95,3 +95,23 @@ def test_select_and_concat(model):
         assert torch.equal(getattr(back, name), getattr(r, name)[:, :t]), name
     assert not r.response_mask[:, t:].any()  # nothing but padding was dropped
     assert torch.equal(back.truncated, r.truncated)
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_row(model):
+    ids, mask = prompts()
+    kw = {"max_new_tokens": 10, "eos_token_ids": [EOS, 2, 3, 4, 5, 6, 7], "pad_token_id": PAD}
+    sizes = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: sizes.append(o.size(0)))
+    try:
+        batched = sample(model, ids, mask, greedy=True, **kw)
+    finally:
+        hook.remove()
+    lengths = batched.lengths.tolist()
+    assert min(lengths) < max(lengths)  # rows did finish at different steps
+    assert sizes[0] == 12 and min(sizes) < 12  # and the finished ones stopped being computed
+    for row in range(12):  # each row as if sampled alone (alone, nothing is ever dropped)
+        p = int(mask[row].argmax())
+        alone = sample(model, ids[row : row + 1, p:], mask[row : row + 1, p:], greedy=True, **kw)
+        n = lengths[row]
+        assert alone.response_ids[0, :n].tolist() == batched.response_ids[row, :n].tolist()
+        assert torch.allclose(alone.logprobs[0, :n], batched.logprobs[row, :n], atol=1e-5)

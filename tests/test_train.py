@@ -145,7 +145,10 @@ def test_a_non_finite_loss_skips_the_update(tmp_path, data_file, monkeypatch):
         return loss * float("nan"), stats
 
     monkeypatch.setattr(trainer.A, "policy_loss", nan_loss)
-    result = run_training(make_config(tmp_path, data_file, "train.steps=1"))
+    # overlong filtering off: a random model's responses are all truncated, and rows with
+    # every token filtered are never run (so no loss would be computed at all)
+    config = make_config(tmp_path, data_file, "train.steps=1", "algorithm.overlong_filtering=false")
+    result = run_training(config)
     assert result.history[0]["nonfinite_skipped"] == 2  # both mini-batches skipped
     assert result.history[0]["updates"] == 0
     before, after = weights(embedded_base()), weights(result.final_dir)
@@ -234,3 +237,63 @@ def test_dapo_raises_the_reward_it_is_given(tmp_path, data_file):
     ))  # fmt: skip
     acc = [h["accuracy"] for h in result.history]
     assert sum(acc[-2:]) / 2 > 0.2 and sum(acc[-2:]) > 4 * sum(acc[:2]), acc
+
+
+def test_rows_without_gradient_are_skipped_and_the_step_is_unchanged(tmp_path):
+    """Rows with advantage 0 (a group all wrong, dynamic sampling off) and overlong-filtered
+    rows are not run through the model, yet the step equals the full-batch loss's step."""
+    import copy
+    import random
+
+    from dapo_cli import algorithm as A
+    from dapo_cli.policy import load_policy
+    from dapo_cli.rollout import sequence_logprobs
+
+    path = tmp_path / "mixed.jsonl"
+    rows = [
+        {"task_type": "test-never" if i % 2 else "test-parity", "prompt": f"Number {i}?",
+         "answer": "x", "split": "train"}
+        for i in range(12)
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = load_config(None, [
+        f"data.path={path}", "rollout.group_size=4", "rollout.max_new_tokens=6",
+        "algorithm.overlong_cache_len=2", "algorithm.dynamic_sampling=false",
+        "algorithm.overlong_filtering=false", "train.train_batch_size=8",
+        "train.gen_batch_size=8", "train.mini_batch_size=8",
+        "train.micro_batch_size=5", "train.grad_clip=0", "train.lr=1.0",
+    ])  # fmt: skip
+    policy = load_policy(str(embedded_base("tiny-1m")))
+    samples = [json.loads(line) for line in path.read_text().splitlines()]
+    batch = trainer.collect_batch(
+        policy, trainer.PromptStream(samples, seed=0), config, torch.Generator().manual_seed(0)
+    )
+    batch.loss_mask[[1, 6]] = 0  # as overlong filtering masks truncated rows
+    idle = (batch.advantages == 0) | (batch.loss_mask.sum(-1) == 0)
+    assert 0 < int(idle.sum()) < len(idle)  # some rows carry no gradient, some do
+
+    # the reference: one forward/backward over every row, plain SGD with lr 1
+    ref = copy.deepcopy(policy.model)
+    logp = sequence_logprobs(ref, batch.rollout, config.rollout.temperature)
+    loss, _ = A.policy_loss(
+        logp, batch.rollout.logprobs, batch.advantages, batch.loss_mask,
+        eps_low=0.2, eps_high=0.28, num_tokens=batch.loss_mask.sum(),
+    )  # fmt: skip
+    loss.backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= p.grad
+
+    forwarded = []
+    hook = policy.model.model.embed_tokens.register_forward_hook(
+        lambda m, i, o: forwarded.append(o.size(0))
+    )
+    optimizer = torch.optim.SGD(policy.model.parameters(), lr=1.0)
+    out = trainer.update(policy, optimizer, batch, config, random.Random(0))
+    hook.remove()
+    assert sum(forwarded) == int((~idle).sum())  # only the rows with a gradient were run
+    assert out["rows_skipped"] == pytest.approx(float(idle.float().mean()))
+    got, want = policy.model.state_dict(), ref.state_dict()
+    for name, p in want.items():
+        rel = float((got[name] - p).norm() / p.norm().clamp(min=1e-12))
+        assert rel <= 1e-5, (name, rel)
