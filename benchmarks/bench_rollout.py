@@ -41,7 +41,13 @@ from dapo_cli.rollout import sample
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", nargs="+", default=["tiny-1m", "tiny-10m"], help="embedded models")
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["tiny-1m", "tiny-10m"],
+        help="embedded model names (random init) or model folders (e.g. a warm-started model, "
+        "whose responses end at EOS)",
+    )
     p.add_argument("--prompts", type=int, default=16, help="distinct prompts per batch")
     p.add_argument("--group", "-G", type=int, default=8, help="samples per prompt (G)")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -181,7 +187,8 @@ def rollout_flops(shape: dict[str, int], rows: int, prompt_len: float, gen: int)
 
 
 def bench_size(size: str, args, prompts: list[str], models_dir: Path, peak: float) -> list[dict]:
-    path = embedded_base(size, cache_dir=models_dir)
+    folder = Path(size).is_dir()
+    path = Path(size) if folder else embedded_base(size, cache_dir=models_dir)
     policy = load_policy(str(path), device="cpu", dtype="float32")
     shape = model_shape(policy.model)
     ids, mask = policy.encode(prompts, repeat=args.group)
@@ -217,7 +224,7 @@ def bench_size(size: str, args, prompts: list[str], models_dir: Path, peak: floa
         achieved = flops / med["ours"]["seconds"] / 1e9
         rows.append(
             {
-                "model": size,
+                "model": Path(size).name if folder else size,
                 "mode": mode,
                 "batch": ids.size(0),
                 "prompt_len_padded": ids.size(1),

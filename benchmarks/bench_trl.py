@@ -267,6 +267,7 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
                 "update_s": m["step_time"] - m["gen_time"],
                 "step_time_metric": m["step_time"],
                 "loss": m["loss"],
+                "rows_skipped": m.get("rows_skipped", 0.0),  # not run: no gradient
                 "prompt_len_mean": lengths[k] if lengths else None,
             }
         )
@@ -555,7 +556,9 @@ def flop_rates(runs: list[dict[str, Any]], rows: int, peak: float) -> dict[str, 
     Rollout: ``bench_rollout.rollout_flops`` (2 × params per prompt and generated token,
     plus attention) over its time (sampling alone, and the whole rollout with scoring).
     Update: 3 × the same forward count (forward + backward ≈ 6 × params per token) over
-    the real prompt + response tokens of every row, over step time − rollout time."""
+    the real prompt + response tokens of the rows the update runs (TRL: every row; ours:
+    all but those with advantage 0 or every token filtered, which it skips), over step
+    time − rollout time."""
     shape = runs[0]["shape"]
     per_step = []
     for r in runs:
@@ -563,14 +566,16 @@ def flop_rates(runs: list[dict[str, Any]], rows: int, peak: float) -> dict[str, 
             if s.get("prompt_len_mean") is None:
                 continue
             fwd = rollout_flops(shape, rows, s["prompt_len_mean"], s["tokens"])
+            upd = 3 * fwd * (1.0 - s.get("rows_skipped", 0.0))
             per_step.append(
                 {
                     "rollout_gflop": fwd / 1e9,
-                    "update_gflop": 3 * fwd / 1e9,
+                    "update_gflop": upd / 1e9,
+                    "update_rows_run": 1.0 - s.get("rows_skipped", 0.0),
                     "sample_gflops": fwd / s["sample_s"] / 1e9,
                     "rollout_gflops": fwd / s["rollout_s"] / 1e9,
-                    "update_gflops": 3 * fwd / s["update_s"] / 1e9,
-                    "step_gflops": 4 * fwd / s["seconds"] / 1e9,
+                    "update_gflops": upd / s["update_s"] / 1e9,
+                    "step_gflops": (fwd + upd) / s["seconds"] / 1e9,
                 }
             )
     if not per_step:
@@ -712,7 +717,8 @@ def print_report(result: dict[str, Any]) -> None:
             if f:
                 console.print(
                     f"  {name} FLOPs/step: rollout {f['rollout_gflop']:.2f} GFLOP, update "
-                    f"{f['update_gflop']:.2f} GFLOP; sampling {f['sample_gflops']:.1f} GFLOP/s "
+                    f"{f['update_gflop']:.2f} GFLOP ({100 * f['update_rows_run']:.0f}% of rows "
+                    f"run); sampling {f['sample_gflops']:.1f} GFLOP/s "
                     f"({100 * f['sample_of_peak']:.1f}% of peak), whole rollout "
                     f"{f['rollout_gflops']:.1f} ({100 * f['rollout_of_peak']:.1f}%), update "
                     f"{f['update_gflops']:.1f} ({100 * f['update_of_peak']:.1f}%), whole step "

@@ -255,10 +255,11 @@ class ChatSession:
         policy, s = self.policy, self.settings
         seed = self.base_seed + self.generations
         self.generations += 1
-        prompt = torch.tensor([ids] * n, dtype=torch.long, device=policy.device)
+        prompt = torch.tensor([ids], dtype=torch.long, device=policy.device)
         greedy = s.temperature == 0
         rollout = sample(
-            policy.model, prompt, torch.ones_like(prompt), max_new_tokens=s.max_new_tokens,
+            policy.model, prompt, torch.ones_like(prompt), repeat=n,
+            max_new_tokens=s.max_new_tokens,
             eos_token_ids=policy.stop_ids, pad_token_id=policy.pad_id,
             temperature=1.0 if greedy else s.temperature, top_p=s.top_p, greedy=greedy,
             generator=torch.Generator(device=policy.device).manual_seed(seed),

@@ -55,9 +55,9 @@ def generate_and_score(
     rows: list[dict[str, Any]] = []
     for start in range(0, len(samples), batch_prompts):
         chunk = samples[start : start + batch_prompts]
-        ids, mask = policy.encode([s["prompt"] for s in chunk], repeat=n)
+        ids, mask = policy.encode([s["prompt"] for s in chunk])
         rollout = sample(
-            policy.model, ids, mask, max_new_tokens=max_new_tokens,
+            policy.model, ids, mask, repeat=n, max_new_tokens=max_new_tokens,
             eos_token_ids=policy.stop_ids, pad_token_id=policy.pad_id,
             temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
             generator=generator,

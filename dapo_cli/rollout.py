@@ -18,6 +18,7 @@ from functools import cache
 import torch
 
 from dapo_cli.algorithm import entropy_from_logits, token_logprobs
+from dapo_cli.decoder import LeanDecoder
 
 
 @dataclass
@@ -106,6 +107,19 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from ``probs`` (b, V) by inverting the cumulative distribution with
+    one uniform number per row (``torch.multinomial`` on the CPU draws an exponential number
+    for every vocabulary entry, which costs more than the model's step on a tiny model).
+    Tokens of probability 0 are never drawn. Returns (b,) long."""
+    cdf = probs.cumsum(-1)  # (b, V)
+    u = torch.rand(
+        probs.size(0), 1, generator=generator, device=probs.device, dtype=cdf.dtype
+    )  # (b, 1) in [0, 1)
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # first index with cdf > u
+    return tok.squeeze(-1).clamp(max=probs.size(-1) - 1)
+
+
 @cache
 def _forward_params(model_cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(model_cls.forward).parameters)
@@ -151,6 +165,8 @@ def sample(
     greedy: bool = False,
     generator: torch.Generator | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    lean: bool = True,
+    repeat: int = 1,
 ) -> Rollout:
     """Sample one response per row of ``prompt_ids`` (repeat rows for G samples per prompt).
 
@@ -158,12 +174,15 @@ def sample(
     ``max_new_tokens`` (then ``truncated`` is True). ``greedy`` takes the argmax.
     ``on_token(tok)`` is called with each step's tokens (B,) as they are sampled (pad for
     finished rows), e.g. to stream a reply; an exception it raises ends sampling.
+    ``repeat``: sample each prompt row that many times (rows i·repeat ... of the result);
+    the prompt is run through the model once and its KV cache shared by the copies.
+    ``lean`` decodes Llama-family models with ``decoder.LeanDecoder`` (same numbers, less
+    copying); False, or any other model, calls the model's forward for every token.
     """
     device = prompt_ids.device
-    batch = prompt_ids.size(0)
     eos = torch.tensor(sorted(set(eos_token_ids)), device=device)
-    mask = prompt_mask.long()  # (B, P), grows by one column per step
-    positions = position_ids_from_mask(mask)  # (B, P)
+    mask = prompt_mask.long()  # (N, P)
+    positions = position_ids_from_mask(mask)  # (N, P)
     out = model(
         input_ids=prompt_ids,
         attention_mask=mask,
@@ -172,13 +191,22 @@ def sample(
         **_keep_logits_kwargs(model, 1),  # the prefill needs the last only
     )
     past = _cache_of(out)
-    next_logits = out.logits[:, -1, :]  # (B, V)
-    next_pos = positions[:, -1:] + 1  # (B, 1)
+    decoder = None
+    if lean and LeanDecoder.supports(model) and hasattr(past, "layers"):
+        decoder = LeanDecoder(model, past, mask, mask.size(1) + max_new_tokens, repeat)
+        past = None
+    elif repeat > 1:
+        past.batch_repeat_interleave(repeat)
+    prompt_ids, mask = prompt_ids.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0)
+    batch = prompt_ids.size(0)  # B = N · repeat; mask (B, P) grows by one column per step
+    next_logits = out.logits[:, -1, :].repeat_interleave(repeat, 0)  # (B, V)
+    next_pos = positions[:, -1:].repeat_interleave(repeat, 0) + 1  # (B, 1)
+    prompt_mask = mask
 
     tokens, logps, alive_cols = [], [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)  # the batch row of each row still computed
-    can_drop = hasattr(past, "batch_select_indices")
+    can_drop = decoder is not None or hasattr(past, "batch_select_indices")
     for _ in range(max_new_tokens):
         logits = next_logits.float() / temperature  # (b, V), b = len(rows)
         logp = torch.log_softmax(logits, dim=-1)
@@ -186,7 +214,7 @@ def sample(
             tok = logits.argmax(-1)  # (b,)
         else:
             probs = filter_logits(logits, top_k, top_p).softmax(-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (b,)
+            tok = draw(probs, generator)  # (b,)
         live = ~finished[rows]  # (b,)
         tok = torch.where(live, tok, torch.full_like(tok, pad_token_id))
         step_tok = torch.full((batch,), pad_token_id, dtype=tok.dtype, device=device)
@@ -208,16 +236,23 @@ def sample(
         if can_drop and 4 * int(done.sum()) >= len(rows):
             # a quarter of the rows have finished: stop computing them (KV cache included)
             keep = (~done).nonzero().squeeze(-1)
-            past.batch_select_indices(keep)
-            rows, mask, next_pos, tok = rows[keep], mask[keep], next_pos[keep], tok[keep]
-        out = model(
-            input_ids=tok[:, None],
-            attention_mask=mask,
-            position_ids=next_pos,
-            **_step_kwargs(model, past),
-        )
-        past = _cache_of(out)
-        next_logits = out.logits[:, -1, :]
+            if decoder is not None:
+                decoder.select(keep)
+            else:
+                past.batch_select_indices(keep)
+            rows, mask, next_pos = rows[keep], mask[keep], next_pos[keep]
+            tok, live = tok[keep], live[keep]
+        if decoder is not None:
+            next_logits = decoder.step(tok, next_pos, live)
+        else:
+            out = model(
+                input_ids=tok[:, None],
+                attention_mask=mask,
+                position_ids=next_pos,
+                **_step_kwargs(model, past),
+            )
+            past = _cache_of(out)
+            next_logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
 
     response_ids = torch.stack(tokens, dim=1)  # (B, T)

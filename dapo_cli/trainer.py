@@ -179,11 +179,12 @@ def _sample_and_score(
     if not samples:  # a rank whose slice of a small generation batch is empty
         return None, torch.zeros(0), torch.zeros(0, dtype=torch.bool)
     r = config.rollout
-    ids, mask = policy.encode([s["prompt"] for s in samples], repeat=r.group_size)
+    ids, mask = policy.encode([s["prompt"] for s in samples])  # each prompt once ...
     rollout = sample(
         policy.model,
         ids,
         mask,
+        repeat=r.group_size,  # ... its G responses share its prefill
         max_new_tokens=r.max_new_tokens,
         eos_token_ids=policy.stop_ids,
         pad_token_id=policy.pad_id,

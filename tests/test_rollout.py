@@ -115,3 +115,65 @@ def test_finished_rows_leave_the_batch_without_changing_any_row(model):
         n = lengths[row]
         assert alone.response_ids[0, :n].tolist() == batched.response_ids[row, :n].tolist()
         assert torch.allclose(alone.logprobs[0, :n], batched.logprobs[row, :n], atol=1e-5)
+
+
+def test_draw_follows_the_distribution_and_never_draws_a_zero():
+    from dapo_cli.rollout import draw
+
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0]]).repeat(40_000, 1)
+    tok = draw(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tok, minlength=4).float() / len(tok)
+    assert torch.allclose(freq, probs[0], atol=0.01), freq
+    assert int((tok == 3).sum()) == 0
+    first_zero = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    assert draw(first_zero, torch.Generator().manual_seed(1)).item() == 2
+
+
+def llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_lean_decoding_and_shared_prefill_give_the_models_own_numbers(model, family):
+    from dapo_cli.decoder import LeanDecoder
+
+    net = model if family == "qwen2" else llama()
+    assert LeanDecoder.supports(net)
+    ids, mask = prompts()
+    uniq, umask = ids[::4], mask[::4]  # the three distinct prompts
+    kw = {"max_new_tokens": 10, "eos_token_ids": [EOS, 2, 3], "pad_token_id": PAD}
+    plain = sample(net, ids, mask, greedy=True, lean=False, **kw)  # the model's forward
+    for lean in (True, False):
+        shared = sample(net, uniq, umask, greedy=True, lean=lean, repeat=4, **kw)
+        assert torch.equal(shared.prompt_ids, ids) and torch.equal(shared.prompt_mask, mask)
+        assert torch.equal(shared.response_ids, plain.response_ids), lean
+        assert torch.allclose(shared.logprobs, plain.logprobs, atol=1e-5), lean
+    g = torch.Generator().manual_seed(4)
+    r = sample(net, uniq, umask, generator=g, repeat=4, **kw)
+    full = sequence_logprobs(net, r)
+    m = r.response_mask.bool()
+    assert torch.allclose(full[m], r.logprobs[m], atol=1e-5)
+    assert r.response_ids.size(0) == 12 and not torch.equal(r.response_ids[0], r.response_ids[1])
+
+
+def test_other_architectures_decode_with_their_own_forward():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dapo_cli.decoder import LeanDecoder
+
+    torch.manual_seed(0)
+    net = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4)).eval()
+    assert not LeanDecoder.supports(net)
+    ids, mask = prompts()
+    kw = {"max_new_tokens": 6, "eos_token_ids": [EOS], "pad_token_id": PAD}
+    r = sample(net, ids[::4], mask[::4], repeat=2, generator=torch.Generator().manual_seed(0), **kw)
+    m = r.response_mask.bool()
+    assert r.response_ids.size(0) == 6
+    assert torch.allclose(sequence_logprobs(net, r)[m], r.logprobs[m], atol=1e-5)
