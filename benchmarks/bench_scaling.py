@@ -7,14 +7,17 @@ generated medium math prompts, and reports the median step time of the steps aft
 first, the generation share, tokens, and the peak RSS (``ru_maxrss``) before the first step
 and at the end. The models are random-init (no warm start), so every response runs to
 ``max_new_tokens`` (a random model almost never samples EOS): the worst case for time and
-memory, and the same token count in every repeat. Dynamic sampling is off (a random model's
-groups are all wrong, so it would never fill a batch); the update runs in full regardless
-(the loss is zero when all advantages are zero, but the forward and backward passes run).
+memory, and the same token count in every repeat. The reward is a coin a random model can
+win: a response is "correct" when its decoded text has an even number of characters, so
+groups are mixed, advantages are non-zero and the update runs on (nearly) every row (the
+trainer skips rows with advantage 0; the fraction skipped is reported). Dynamic sampling
+and overlong filtering are off (every response of a random model is truncated, and filtered
+rows would not be trained).
 
-``--qwen05b`` also runs ``dapo train`` itself for one step on a model with Qwen2.5-0.5B's
-shape (24 layers, hidden 896, 14 heads / 2 KV heads, MLP 4864, vocabulary 151,936, tied
-embeddings: 494M parameters), random init from the config, with gradient checkpointing and
-micro-batches, and reports its peak RSS and step time.
+``--qwen05b`` also runs one such DAPO step on a model with Qwen2.5-0.5B's shape (24 layers,
+hidden 896, 14 heads / 2 KV heads, MLP 4864, vocabulary 151,936, tied embeddings: 494M
+parameters), random init from the config, with gradient checkpointing and micro-batches,
+and reports its peak RSS and step time.
 
 Run from the repository root::
 
@@ -82,7 +85,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from dapo_cli.config import load_config
     from dapo_cli.datagen import generate_dataset
     from dapo_cli.policy import load_policy
+    from dapo_cli.rewards import register_verifier
+    from dapo_cli.tasks.base import Score
     from dapo_cli.trainer import PromptStream, lr_lambda, rollout_step
+
+    register_verifier("bench-coin", lambda sample, text: Score.binary(len(text) % 2 == 0))
 
     G, length, prompts = spec["group"], spec["length"], spec["prompts"]
     config = load_config(None, [
@@ -93,7 +100,10 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         f"train.micro_batch_size={spec['micro']}", "train.warmup_steps=0",
     ])  # fmt: skip
     policy = load_policy(spec["model_dir"])
+    if spec.get("gradient_checkpointing"):
+        policy.model.gradient_checkpointing_enable()
     data = generate_dataset(max(64, prompts * spec["steps"]), ["math"], seed=0, test_fraction=0.0)
+    data = [{**d, "task_type": "bench-coin"} for d in data]
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=config.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     stream = PromptStream(data, seed=0)
@@ -103,7 +113,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     steps = []
     for _ in range(spec["steps"]):
         m = rollout_step(policy, optimizer, scheduler, stream, config, generator, rng)
-        steps.append({k: m[k] for k in ("step_time", "gen_time", "tokens_generated")})
+        keys = ("step_time", "gen_time", "tokens_generated", "rows_skipped")
+        steps.append({k: m[k] for k in keys})
     timed = steps[1:] or steps
     return {
         **spec,
@@ -112,6 +123,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "step_s": statistics.median(s["step_time"] for s in timed),
         "gen_s": statistics.median(s["gen_time"] for s in timed),
         "tokens": statistics.median(s["tokens_generated"] for s in timed),
+        "rows_skipped": statistics.fmean(s["rows_skipped"] for s in timed),
         "rss_loaded_mib": rss_loaded,
         "rss_peak_mib": rss_mib(),
     }
@@ -160,38 +172,13 @@ def build_qwen05b(folder: Path) -> Path:
 
 
 def qwen05b_step(workdir: Path) -> dict[str, Any]:
-    model_dir = build_qwen05b(workdir / "qwen05b-shape")
-    data = workdir / "math.jsonl"
-    from dapo_cli.datagen import generate_dataset
-    from dapo_cli.records import write_records
-
-    write_records(data, generate_dataset(64, ["math"], seed=0, test_fraction=0.0))
-    settings = {
-        "rollout.group_size": 4, "rollout.max_new_tokens": 32,
-        "algorithm.overlong_cache_len": 4, "algorithm.dynamic_sampling": "false",
-        "train.train_batch_size": 4, "train.mini_batch_size": 4, "train.micro_batch_size": 4,
-        "model.gradient_checkpointing": "true", "output.save_every": 0,
+    """One DAPO step of the 0.5B-shaped model in a worker (its own process and peak RSS)."""
+    spec = {
+        "size": "qwen2.5-0.5b-shape", "model_dir": str(build_qwen05b(workdir / "qwen05b")),
+        "group": 4, "length": 32, "prompts": 4, "micro": 4, "steps": 1,
+        "gradient_checkpointing": True,
     }  # fmt: skip
-    cmd = [sys.executable, "-m", "dapo_cli", "train", "--model", str(model_dir),
-           "--data", str(data), "--steps", "1", "--output-dir", str(workdir / "ck"),
-           "--db-path", str(workdir / "d.db")]  # fmt: skip
-    for k, v in settings.items():
-        cmd += ["--set", f"{k}={v}"]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"0.5B step failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    import sqlite3
-
-    with sqlite3.connect(workdir / "d.db") as db:
-        metrics = dict(db.execute("SELECT name, value FROM metrics WHERE step = 1").fetchall())
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {
-        "settings": settings, "wall_s_including_load_and_save": wall,
-        "step_s": metrics["step_time"], "gen_s": metrics["gen_time"],
-        "tokens_generated": metrics["tokens_generated"], "peak_rss_mib": peak,
-    }  # fmt: skip
+    return run_worker(spec)
 
 
 # --- the grid --------------------------------------------------------------------------
@@ -220,13 +207,14 @@ def grid(args) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = ("model", "G", "len", "micro", "rows", "tokens", "step s", "gen s", "update s",
-            "RSS loaded MiB", "RSS peak MiB")  # fmt: skip
+            "rows skipped", "RSS loaded MiB", "RSS peak MiB")  # fmt: skip
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         cells = (r["size"], r["group"], r["length"], r["micro"], r["prompts"] * r["group"],
                  f"{r['tokens']:.0f}", f"{r['step_s']:.2f}", f"{r['gen_s']:.2f}",
-                 f"{r['step_s'] - r['gen_s']:.2f}", f"{r['rss_loaded_mib']:.0f}",
+                 f"{r['step_s'] - r['gen_s']:.2f}", f"{r['rows_skipped']:.0%}",
+                 f"{r['rss_loaded_mib']:.0f}",
                  f"{r['rss_peak_mib']:.0f}")  # fmt: skip
         print("| " + " | ".join(map(str, cells)) + " |")
 
@@ -264,9 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="dapo-qwen05b-") as tmp:
             q = qwen05b_step(Path(tmp))
         result["qwen05b"] = q
-        print(f"Qwen2.5-0.5B-shaped, one DAPO step ({q['settings']}): step "
-              f"{q['step_s']:.1f} s (generation {q['gen_s']:.1f} s), peak RSS "
-              f"{q['peak_rss_mib']:.0f} MiB")  # fmt: skip
+        print(f"Qwen2.5-0.5B-shaped ({q['params'] / 1e6:.0f}M parameters), one DAPO step, "
+              f"{q['prompts']} prompts x G={q['group']}, {q['length']} new tokens, micro-batch "
+              f"{q['micro']}, gradient checkpointing: step {q['step_s']:.1f} s (generation "
+              f"{q['gen_s']:.1f} s), rows skipped {q['rows_skipped']:.0%}, RSS after loading "
+              f"{q['rss_loaded_mib']:.0f} MiB, peak RSS {q['rss_peak_mib']:.0f} MiB")  # fmt: skip
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2))
     return 0
