@@ -62,6 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "per_device_train_batch_size (gradient accumulation makes up the rest of the step)",
     )
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (both)")
+    p.add_argument(
+        "--reward",
+        choices=["task", "coin"],
+        default="task",
+        help="task: the math verifier; coin: even response length wins (mixed groups "
+        "whatever the accuracy, so every row is trained)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="runs per trainer and model")
     p.add_argument("--seed", type=int, default=0, help="seed of repeat 0 (repeat r: seed + r)")
     p.add_argument("--warm-steps", type=int, default=200, help="supervised warm-start steps")
@@ -101,11 +108,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def train_samples(num_samples: int) -> list[dict[str, Any]]:
-    """The generated medium math samples (all in the train split); the same in every process."""
-    return generate_dataset(
+def train_samples(num_samples: int, reward: str = "task") -> list[dict[str, Any]]:
+    """The generated medium math samples (all in the train split); the same in every process.
+    ``reward="coin"`` relabels them for a reward any model wins half the time (an even number
+    of characters in the response), so every group is mixed and both trainers update on
+    every row, whatever the model's accuracy."""
+    samples = generate_dataset(
         num_samples, ["math"], seed=0, difficulty="medium", test_fraction=0.0
-    )  # fmt: skip
+    )
+    if reward == "coin":
+        from dapo_cli.rewards import register_verifier
+        from dapo_cli.tasks.base import Score
+
+        register_verifier("bench-coin", lambda sample, text: Score.binary(len(text) % 2 == 0))
+        samples = [{**s, "task_type": "bench-coin"} for s in samples]
+    return samples
 
 
 # --- the warm start (once per model and settings, cached) --------------------------------
@@ -155,7 +172,7 @@ def step_prompts(job: dict[str, Any]) -> list[dict[str, Any]]:
     """The prompts of the run in order: what our PromptStream hands out, P per step."""
     from dapo_cli.trainer import PromptStream
 
-    stream = PromptStream(train_samples(job["num_samples"]), job["seed"])
+    stream = PromptStream(train_samples(job["num_samples"], job.get("reward", "task")), job["seed"])
     return stream.take(job["steps"] * job["prompts"])
 
 
@@ -229,7 +246,7 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     config = load_config(None, overrides)
     t = config.train
     policy = load_policy(job["warm_dir"], device="cpu", dtype="float32")
-    samples = train_samples(job["num_samples"])
+    samples = train_samples(job["num_samples"], job.get("reward", "task"))
     torch.manual_seed(t.seed)
     optimizer = torch.optim.AdamW(
         [p for p in policy.model.parameters() if p.requires_grad],
@@ -600,6 +617,7 @@ def bench_size(size: str, args, models_dir: Path, tmp: Path, peak: float) -> dic
         "lr": args.lr,
         "ds_gen_factor": args.ds_gen_factor,
         "dynamic_sampling": False,
+        "reward": args.reward,
     }
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
     for rep in range(args.repeats):
@@ -666,7 +684,8 @@ def print_report(result: dict[str, Any]) -> None:
     console.print(
         f"{s['steps']} steps × {s['prompts']} prompts × G={s['group']} "
         f"= {s['prompts'] * s['group']} rows/step, max_new_tokens={s['max_new_tokens']}, "
-        f"micro-batch {s['micro_batch']}, lr {s['lr']}, {s['repeats']} repeat(s); "
+        f"micro-batch {s['micro_batch']}, lr {s['lr']}, reward {s.get('reward', 'task')}, "
+        f"{s['repeats']} repeat(s); "
         f"warm start {s['warm_steps']} steps; first step of each run not timed"
     )
     table = Table(title="DAPO training step: dapo_cli (ours) vs TRL GRPOTrainer (loss_type=dapo)")
@@ -767,6 +786,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max_new_tokens",
                 "micro_batch",
                 "lr",
+                "reward",
                 "repeats",
                 "seed",
                 "warm_steps",

@@ -250,6 +250,10 @@ def update(
                 rows = rows[(mask_mb.sum(-1) > 0) & (adv_mb != 0).any(-1)]
                 idle += len(prompts) * G - len(rows)
             mine = rows[dist.shard(len(rows))]
+            # micro-batches of similar lengths pad less (the sum of gradients is the same)
+            roll = batch.rollout
+            key = roll.response_mask[mine].sum(-1) * 100_000 + roll.prompt_mask[mine].sum(-1)
+            mine = mine[torch.argsort(key.cpu(), stable=True)]
             optimizer.zero_grad(set_to_none=True)
             finite = True
             for m0 in range(0, len(mine), t.micro_batch_size):
