@@ -248,17 +248,22 @@ def bench_size(size: str, args, prompts: list[str], models_dir: Path, peak: floa
 # --- output ----------------------------------------------------------------------------
 
 
-def print_table(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=160)
+def print_peak(console, result: dict[str, Any]) -> None:
+    """The matmul peak line (shared with bench_trl.py)."""
     mm = result["matmul"]
     sizes = ", ".join(f"{n}: {g:.1f}" for n, g in mm["gflops_per_size"].items())
     console.print(
         f"[bold]fp32 torch.mm peak[/bold]: {mm['peak_gflops']:.1f} GFLOP/s "
         f"(median per size {sizes}; {result['env']['torch_threads']} threads)"
     )
+
+
+def print_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=160)
+    print_peak(console, result)
     s = result["settings"]
     console.print(
         f"batch {s['prompts']} prompts × G={s['group']} = {s['prompts'] * s['group']} rows, "

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_rollout import matmul_peak, model_shape, rollout_flops  # noqa: E402
+from bench_rollout import matmul_peak, model_shape, print_peak, rollout_flops  # noqa: E402
 
 from dapo_cli.datagen import generate_dataset  # noqa: E402
 
@@ -674,12 +674,7 @@ def print_report(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(width=170)
-    mm = result["matmul"]
-    sizes = ", ".join(f"{n}: {g:.1f}" for n, g in mm["gflops_per_size"].items())
-    console.print(
-        f"[bold]fp32 torch.mm peak[/bold]: {mm['peak_gflops']:.1f} GFLOP/s (median per size "
-        f"{sizes}; {result['env']['torch_threads']} threads)"
-    )
+    print_peak(console, result)
     s = result["settings"]
     console.print(
         f"{s['steps']} steps × {s['prompts']} prompts × G={s['group']} "
