@@ -168,7 +168,7 @@ def sample(
     lean: bool = True,
     repeat: int = 1,
 ) -> Rollout:
-    """Sample one response per row of ``prompt_ids`` (repeat rows for G samples per prompt).
+    """Sample ``repeat`` responses per row of ``prompt_ids`` (G samples per prompt: repeat=G).
 
     Stops at any of ``eos_token_ids`` (the EOS is part of the response) or after
     ``max_new_tokens`` (then ``truncated`` is True). ``greedy`` takes the argmax.
