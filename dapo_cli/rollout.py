@@ -197,11 +197,11 @@ def sample(
         past = None
     elif repeat > 1:
         past.batch_repeat_interleave(repeat)
-    prompt_ids, mask = prompt_ids.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0)
-    batch = prompt_ids.size(0)  # B = N · repeat; mask (B, P) grows by one column per step
+    prompt_ids = prompt_ids.repeat_interleave(repeat, 0)  # (B, P), B = N · repeat
+    prompt_mask = mask = mask.repeat_interleave(repeat, 0)  # mask: the model's, grows per step
+    batch = prompt_ids.size(0)
     next_logits = out.logits[:, -1, :].repeat_interleave(repeat, 0)  # (B, V)
     next_pos = positions[:, -1:].repeat_interleave(repeat, 0) + 1  # (B, 1)
-    prompt_mask = mask
 
     tokens, logps, alive_cols = [], [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -231,17 +231,18 @@ def sample(
         finished = finished | torch.isin(step_tok, eos)
         if bool(finished.all()):
             break
-        mask = torch.cat([mask, live.long()[:, None]], dim=-1)
+        if decoder is None:  # the lean decoder keeps its own record of valid columns
+            mask = torch.cat([mask, live.long()[:, None]], dim=-1)
         done = finished[rows]  # (b,)
         if can_drop and 4 * int(done.sum()) >= len(rows):
             # a quarter of the rows have finished: stop computing them (KV cache included)
             keep = (~done).nonzero().squeeze(-1)
+            rows, next_pos, tok, live = rows[keep], next_pos[keep], tok[keep], live[keep]
             if decoder is not None:
                 decoder.select(keep)
             else:
                 past.batch_select_indices(keep)
-            rows, mask, next_pos = rows[keep], mask[keep], next_pos[keep]
-            tok, live = tok[keep], live[keep]
+                mask = mask[keep]
         if decoder is not None:
             next_logits = decoder.step(tok, next_pos, live)
         else:
