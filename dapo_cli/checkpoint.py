@@ -67,14 +67,42 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
     root = Path(output_dir)
     if not root.is_dir():
         return
-    for child in root.iterdir():
-        if child.name.startswith((".tmp-", ".old-")) and child.is_dir():
-            pid = child.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid():
-                shutil.rmtree(child, ignore_errors=True)
+    remove_leftovers(root)
     if keep > 0:
         for _, path in list_checkpoints(root)[:-keep]:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_leftovers(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary folders of saves whose process is gone (killed mid-save).
+
+    A folder whose writer is this process or is still alive (another run on the same
+    folder) is left alone. Returns what was removed.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    removed = []
+    for child in root.iterdir():
+        if not (child.name.startswith((".tmp-", ".old-")) and child.is_dir()):
+            continue
+        pid = child.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would terminate it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but not ours, or cannot tell: keep it
+    return True
 
 
 def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:

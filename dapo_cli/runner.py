@@ -165,6 +165,9 @@ def run_training(
     dist = from_env()
     observer = observer if observer is not None and dist.main else TrainObserver()
     out_dir = Path(config.output.output_dir)
+    if dist.main:
+        for leftover in ckpt.remove_leftovers(out_dir):
+            observer.message(f"removed {leftover.name}, left by a save that was killed")
     resume_from = ckpt.latest_checkpoint(out_dir) if resume else None
     if resume and resume_from is None:
         raise DapoError(f"--resume: no checkpoint under {out_dir}; start without --resume")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dapo_cli.checkpoint import latest_checkpoint
+from dapo_cli.checkpoint import latest_checkpoint, prune_checkpoints, remove_leftovers
 from dapo_cli.datagen import generate_dataset
 from dapo_cli.records import write_records
 from dapo_cli.store import Store
@@ -60,6 +60,33 @@ def test_kill_dash_nine_then_resume(tmp_path):
     assert run["status"] == "completed"
     assert [r["step"] for r in store.metrics(run["id"], "reward_mean")] == list(range(1, step + 3))
     assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_leftovers_of_killed_saves_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = [f".tmp-step_000004-{dead.pid}", f".old-dapo_final-{dead.pid}"]
+        names += [f".tmp-step_000006-{live.pid}", f".tmp-step_000008-{os.getpid()}"]
+        for name in names:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "model.safetensors").write_bytes(b"partial")
+        (tmp_path / "step_000002").mkdir()
+        removed = remove_leftovers(tmp_path)
+        assert sorted(p.name for p in removed) == [
+            f".old-dapo_final-{dead.pid}",
+            f".tmp-step_000004-{dead.pid}",
+        ]
+        prune_checkpoints(tmp_path, keep=0)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            f".tmp-step_000006-{live.pid}",
+            f".tmp-step_000008-{os.getpid()}",
+            "step_000002",
+        ]
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_ctrl_c_finishes_the_step_saves_and_exits(tmp_path):
