@@ -94,9 +94,9 @@ class AlgorithmConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = _f(20, "Optimiser rollout steps (each: sample, filter, update).")
-    train_batch_size: int = _f(8, "Prompts with signal per rollout step.", paper="512")
-    gen_batch_size: int = _f(24, "Prompts sampled per generation batch (over-sampling).", "1536")
+    steps: int = _f(100, "Optimiser rollout steps (each: sample, filter, update).")
+    train_batch_size: int = _f(16, "Prompts with signal per rollout step.", paper="512")
+    gen_batch_size: int = _f(48, "Prompts sampled per generation batch (over-sampling).", "1536")
     max_num_gen_batches: int = _f(
         10, "Generation batches allowed to fill one step (0 = no cap).", paper="10"
     )
@@ -106,7 +106,7 @@ class TrainConfig:
         choices=("error", "continue"),
     )
     mini_batch_size: int = _f(
-        8,
+        16,
         "Prompts per optimiser update; train_batch_size / mini_batch_size updates per step.",
         paper="32 (512 responses)",
     )

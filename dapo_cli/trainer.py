@@ -112,7 +112,7 @@ def collect_batch(
     want = t.train_batch_size
     per_batch = t.gen_batch_size if a.dynamic_sampling else want
     kept: list[tuple[Rollout, torch.Tensor]] = []
-    n_kept = n_groups = n_batches = 0
+    n_kept = n_groups = n_batches = n_informative = 0
     seen = {"reward": [], "correct": [], "length": [], "truncated": []}
     while n_kept < want:
         if a.dynamic_sampling and t.max_num_gen_batches and n_batches >= t.max_num_gen_batches:
@@ -142,6 +142,7 @@ def collect_batch(
             else torch.ones(len(samples), dtype=torch.bool)
         )  # (N,)
         n_groups += len(samples)
+        n_informative += int(keep.sum())
         adv = A.group_advantages(reward, G, a.adv_eps)  # (B,)
         groups = keep.nonzero().flatten()[: want - n_kept].tolist()
         if groups:
@@ -164,7 +165,8 @@ def collect_batch(
         "response_length_max": float(lengths.max()),
         "truncation_rate": float(torch.cat(seen["truncated"]).float().mean()),
         "groups_all_correct": float((groups_correct == 1).float().mean()),
-        "groups_filtered": 1.0 - n_kept / max(n_groups, 1) if a.dynamic_sampling else 0.0,
+        # groups dropped for lacking signal (not those left over once the batch was full)
+        "groups_filtered": 1.0 - n_informative / max(n_groups, 1) if a.dynamic_sampling else 0.0,
         "gen_batches": float(n_batches),
         "prompts_trained": float(n_kept),
         "tokens_generated": float(lengths.sum()),

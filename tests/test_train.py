@@ -23,6 +23,7 @@ from dapo_cli.tasks.base import Score
 # mixed and every step has signal. "test-never" is never correct.
 register_verifier("test-parity", lambda s, c: Score.binary(len(c) % 2 == 0))
 register_verifier("test-never", lambda s, c: Score.binary(False))
+register_verifier("test-always", lambda s, c: Score.binary(True))
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +298,33 @@ def test_rows_without_gradient_are_skipped_and_the_step_is_unchanged(tmp_path):
     for name, p in want.items():
         rel = float((got[name] - p).norm() / p.norm().clamp(min=1e-12))
         assert rel <= 1e-5, (name, rel)
+
+
+def test_groups_filtered_counts_groups_without_signal_not_the_surplus(tmp_path):
+    """Half the prompts can never be wrong or never right (no signal); the other half always
+    have signal. Over-sampling 3x leaves informative groups unused: they are not 'filtered'."""
+    from dapo_cli.policy import load_policy
+
+    kinds = ["test-never", "test-parity", "test-always", "test-parity"]
+    samples = [
+        {"task_type": kinds[i % 4], "prompt": f"Number {i}?", "answer": "x", "split": "train"}
+        for i in range(48)
+    ]  # fmt: skip
+    config = load_config(None, [
+        "rollout.group_size=8", "rollout.max_new_tokens=6", "algorithm.overlong_cache_len=2",
+        "train.train_batch_size=4", "train.gen_batch_size=12", "train.mini_batch_size=4",
+    ])  # fmt: skip
+    policy = load_policy(str(embedded_base("tiny-1m")))
+    batch = trainer.collect_batch(
+        policy, trainer.PromptStream(samples, seed=0), config, torch.Generator().manual_seed(0)
+    )
+    stats = batch.stats
+    assert stats["prompts_trained"] == 4 and stats["gen_batches"] == 1
+    drawn = trainer.PromptStream(samples, seed=0).take(12)  # the same 12 prompts
+    constant = sum(s["task_type"] != "test-parity" for s in drawn)
+    assert 0 < constant < 12
+    # every all-wrong / all-right group counts; a parity group only if its 8 lengths agree
+    filtered = round(stats["groups_filtered"] * 12)
+    assert filtered == pytest.approx(stats["groups_filtered"] * 12)
+    assert constant <= filtered <= constant + 1
+    assert filtered < 12 - 4  # the unused groups with signal are not counted as filtered

@@ -24,11 +24,11 @@ app = typer.Typer()
 EXAMPLE = "Example: dapo quickstart --workdir runs/first"
 
 # The defaults are the measured quickstart in the README (2-core CPU, tiny-1m).
-DEFAULT_TASK_TYPES = "math"
-DEFAULT_DIFFICULTY = "medium"
+DEFAULT_TASK_TYPES = "puzzle"
+DEFAULT_DIFFICULTY = "mixed"
 DEFAULT_SAMPLES = 12000
 DEFAULT_SFT_STEPS = 800
-DEFAULT_RL_STEPS = 40
+DEFAULT_RL_STEPS = 150
 DEFAULT_TRAIN_SETTINGS = (
     "rollout.max_new_tokens=64",
     "algorithm.overlong_cache_len=8",

@@ -21,6 +21,7 @@ from dapo_cli.tasks.classification import ClassificationTask
 from dapo_cli.tasks.code import CodeTask
 from dapo_cli.tasks.creative import CreativeTask
 from dapo_cli.tasks.math import MathTask
+from dapo_cli.tasks.puzzle import PuzzleTask
 from dapo_cli.tasks.reasoning import ReasoningTask
 
 TASKS: dict[str, Task] = {}
@@ -42,10 +43,17 @@ def get_task(name: str) -> Task:
         raise KeyError(f"unknown task type {name!r} (known: {known})") from None
 
 
-for _task in (MathTask(), ReasoningTask(), ClassificationTask(), CodeTask(), CreativeTask()):
+for _task in (
+    MathTask(),
+    ReasoningTask(),
+    ClassificationTask(),
+    CodeTask(),
+    CreativeTask(),
+    PuzzleTask(),
+):
     register_task(_task)
 
-BUILTIN_TASK_TYPES = ("math", "reasoning", "classification", "code", "creative")
+BUILTIN_TASK_TYPES = ("math", "reasoning", "classification", "code", "creative", "puzzle")
 
 __all__ = [
     "ANSWER_INSTRUCTION",
