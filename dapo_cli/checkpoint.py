@@ -100,8 +100,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True  # exists but not ours, or cannot tell: keep it
+    except OSError:  # PermissionError: it exists but is not ours; else we cannot tell
+        return True
     return True
 
 

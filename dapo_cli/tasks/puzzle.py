@@ -64,10 +64,11 @@ class PuzzleTask(Task):
                 break
         what = f"{parity} multiple of {d}" if parity else f"multiple of {d}"
         article = "an" if what[0] in "aeiou" else "a"
-        phrasing = rng.choice(data["phrasings"])
-        prompt = f"{phrasing.format(low=low, high=high, what=what, article=article)} "
+        phrasing = rng.choice(data["phrasings"]).format(
+            low=low, high=high, what=what, article=article
+        )
         return {
-            "prompt": prompt + ANSWER_INSTRUCTION,
+            "prompt": f"{phrasing} {ANSWER_INSTRUCTION}",
             "answer": str(rng.choice(found)),
             "verify": verify,
         }
