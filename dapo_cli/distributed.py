@@ -103,6 +103,14 @@ class Dist:
         if self.active and self.main:
             td.barrier()
 
+    def close(self) -> None:
+        """Wait for every rank, then tear the process group down. A rank that exits while a
+        peer still talks to it can abort in gloo's teardown ("terminate called without an
+        active exception"), so every process ends through here."""
+        if self.active and td.is_initialized():
+            td.barrier()
+            td.destroy_process_group()
+
     def _device(self) -> torch.device:
         if td.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())

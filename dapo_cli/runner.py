@@ -282,6 +282,7 @@ def run_training(
         store.finish_run(run_id, status)
     if tensorboard is not None:
         tensorboard.close()
+    dist.close()  # every rank leaves together (see Dist.close)
     return TrainResult(run_id, status, step, final_dir, db_path, history)
 
 

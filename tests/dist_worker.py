@@ -32,6 +32,7 @@ def run_update(batch_file: str, model_dir: str, out: str, overrides: str) -> Non
     metrics = trainer.update(policy, optimizer, batch, config, rng, dist=dist)
     if dist.main:
         torch.save({"state": policy.model.state_dict(), "metrics": metrics}, out)
+    dist.close()
 
 
 if __name__ == "__main__":
