@@ -10,6 +10,7 @@ from dapo_cli.store import Store
 
 def test_quickstart_runs_the_whole_pipeline(tmp_path):
     args = ["quickstart", "--workdir", str(tmp_path), "--num-samples", "120", "--sft-steps", "3",
+            "--sft-batch-size", "4",
             "--steps", "1", "--eval-prompts", "4", "--k", "2",
             "--set", "algorithm.dynamic_sampling=false", "--set", "rollout.max_new_tokens=8",
             "--set", "algorithm.overlong_cache_len=2",
@@ -21,6 +22,7 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     for stage in ("1/5 data", "2/5 warm start", "3/5 DAPO", "4/5 evaluation", "5/5 summary"):
         assert stage in out
     assert "$ dapo gen-data --num-samples 120" in out  # each stage shows its own command
+    assert "--steps 3 --batch-size 4" in out
     assert "held-out accuracy, warm start → DAPO" in out and "pts" in out and "total" in out
     assert f"dapo chat --model {tmp_path / 'models' / 'checkpoints' / 'dapo_final'}" in out
     assert (tmp_path / "models" / "checkpoints" / "dapo_final" / "config.json").is_file()

@@ -28,6 +28,7 @@ DEFAULT_TASK_TYPES = "puzzle"
 DEFAULT_DIFFICULTY = "mixed"
 DEFAULT_SAMPLES = 12000
 DEFAULT_SFT_STEPS = 800
+DEFAULT_SFT_BATCH = 64  # the largest warm start that keeps the quickstart within 10 minutes
 DEFAULT_RL_STEPS = 150
 DEFAULT_TRAIN_SETTINGS = (
     "rollout.max_new_tokens=64",
@@ -64,6 +65,9 @@ def quickstart(
     sft_steps: Annotated[int, typer.Option(help="Supervised warm-start steps.")] = (
         DEFAULT_SFT_STEPS
     ),
+    sft_batch_size: Annotated[int, typer.Option(help="Samples per supervised step.")] = (
+        DEFAULT_SFT_BATCH
+    ),
     steps: Annotated[int, typer.Option(help="DAPO rollout steps.")] = DEFAULT_RL_STEPS,
     eval_prompts: Annotated[int, typer.Option(help="Held-out prompts evaluated.")] = 256,
     k: Annotated[int, typer.Option(help="Samples per prompt for avg@k / pass@k.")] = 8,
@@ -83,8 +87,11 @@ def quickstart(
     from dapo_cli.cli import eval as eval_cmd
     from dapo_cli.store import Store
 
-    if min(num_samples, sft_steps, steps, eval_prompts, k) < 1:
-        raise DapoError("--num-samples, --sft-steps, --steps, --eval-prompts and --k must be >= 1")
+    if min(num_samples, sft_steps, sft_batch_size, steps, eval_prompts, k) < 1:
+        raise DapoError(
+            "--num-samples, --sft-steps, --sft-batch-size, --steps, --eval-prompts and --k "
+            "must be >= 1"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     dataset = workdir / "data" / "quickstart.jsonl"
     db_path = workdir / "data" / "dapo.db"
@@ -107,11 +114,12 @@ def quickstart(
     db.import_(file=dataset, split=None, db_path=db_path)
     times["data"] = time.perf_counter() - t
 
-    t = _stage(2, "warm start", ["dapo", "sft", "--data", str(dataset), "--steps",
-                                 str(sft_steps), "--seed", str(seed), "--output", str(warm),
-                                 "--db-path", str(db_path)])  # fmt: skip
-    train.sft(data=dataset, model=None, output=warm, steps=sft_steps, batch_size=32, lr=3e-3,
-              seed=seed, db_path=db_path)  # fmt: skip
+    sft_argv = ["dapo", "sft", "--data", str(dataset), "--steps", str(sft_steps),
+                "--batch-size", str(sft_batch_size), "--seed", str(seed), "--output", str(warm),
+                "--db-path", str(db_path)]  # fmt: skip
+    t = _stage(2, "warm start", sft_argv)
+    train.sft(data=dataset, model=None, output=warm, steps=sft_steps, batch_size=sft_batch_size,
+              lr=3e-3, seed=seed, db_path=db_path)  # fmt: skip
     times["warm start"] = time.perf_counter() - t
 
     argv = ["dapo", "train", "--model", str(warm), "--db-path", str(db_path), "--steps",
