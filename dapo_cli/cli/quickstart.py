@@ -29,14 +29,14 @@ DEFAULT_DIFFICULTY = "mixed"
 DEFAULT_SAMPLES = 12000
 DEFAULT_SFT_STEPS = 800
 DEFAULT_SFT_BATCH = 64  # the largest warm start that keeps the quickstart within 10 minutes
-DEFAULT_RL_STEPS = 150
+DEFAULT_RL_STEPS = 200
 DEFAULT_TRAIN_SETTINGS = (
     "rollout.max_new_tokens=64",
     "algorithm.overlong_cache_len=8",
     "train.train_batch_size=16",
     "train.gen_batch_size=32",
     "train.mini_batch_size=16",
-    "train.lr=1e-4",
+    "train.lr=2e-4",
     "output.save_every=0",
 )
 
