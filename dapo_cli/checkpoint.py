@@ -101,7 +101,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except OSError:  # PermissionError: it exists but is not ours; else we cannot tell
-        return True
+        pass
     return True
 
 

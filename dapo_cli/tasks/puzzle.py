@@ -30,14 +30,21 @@ _WHOLE = re.compile(r"^(0|[1-9]\d*)$")
 _DIVISORS = {"easy": (2, 5), "medium": (3, 12), "hard": (3, 9)}
 
 
+def violation(verify: Mapping[str, Any], x: int) -> str | None:
+    """Why ``x`` does not solve the puzzle ``verify`` describes; None when it does."""
+    if not verify["low"] <= x <= verify["high"]:
+        return f"outside {verify['low']}..{verify['high']}"
+    if x % verify["multiple"]:
+        return f"not a multiple of {verify['multiple']}"
+    parity = verify.get("parity")
+    if parity and x % 2 != (parity == "odd"):
+        return f"not {parity}"
+    return None
+
+
 def solutions(verify: Mapping[str, Any]) -> list[int]:
     """Every correct answer to the puzzle ``verify`` describes, smallest first."""
-    d, parity = verify["multiple"], verify.get("parity")
-    return [
-        x
-        for x in range(verify["low"], verify["high"] + 1)
-        if x % d == 0 and (parity is None or x % 2 == (parity == "odd"))
-    ]
+    return [x for x in range(verify["low"], verify["high"] + 1) if violation(verify, x) is None]
 
 
 def parse_whole(text: str) -> int | None:
@@ -91,14 +98,7 @@ class PuzzleTask(Task):
         if extracted is None:
             return Score.binary(False, extracted=None, reason="no 'Answer:' found")
         x = parse_whole(extracted)
-        if x is None:
-            reason = "not a whole number"
-        elif not v["low"] <= x <= v["high"]:
-            reason = f"outside {v['low']}..{v['high']}"
-        elif x % v["multiple"]:
-            reason = f"not a multiple of {v['multiple']}"
-        elif v.get("parity") and x % 2 != (v["parity"] == "odd"):
-            reason = f"not {v['parity']}"
-        else:
+        reason = "not a whole number" if x is None else violation(v, x)
+        if reason is None:
             return Score.binary(True, extracted=extracted)
         return Score.binary(False, extracted=extracted, reason=reason)
