@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="steps per config; the first is warm-up")
     p.add_argument("--qwen05b", action="store_true", help="also one step of a 0.5B-shaped model")
     p.add_argument("--no-grid", action="store_true", help="skip the grid (e.g. with --qwen05b)")
+    p.add_argument(
+        "--no-checkpointing", action="store_true",
+        help="the 0.5B-shaped step without gradient checkpointing (to see what it saves)",
+    )  # fmt: skip
     p.add_argument("--models-dir", default=None, help="where embedded models are built/reused")
     p.add_argument("--output", default=None, help="also write the results as JSON here")
     p.add_argument("--quick", action="store_true", help="smoke run")
@@ -88,6 +92,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     from dapo_cli.config import load_config
     from dapo_cli.datagen import generate_dataset
+    from dapo_cli.models import enable_gradient_checkpointing
     from dapo_cli.policy import load_policy
     from dapo_cli.rewards import register_verifier
     from dapo_cli.tasks.base import Score
@@ -109,7 +114,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     ])  # fmt: skip
     policy = load_policy(spec["model_dir"])
     if spec.get("gradient_checkpointing"):
-        policy.model.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(policy.model)
     data = generate_dataset(max(64, prompts * spec["steps"]), ["math"], seed=0, test_fraction=0.0)
     data = [{**d, "task_type": "bench-coin"} for d in data]
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=config.train.lr)
@@ -179,12 +184,12 @@ def build_qwen05b(folder: Path) -> Path:
     return folder
 
 
-def qwen05b_step(workdir: Path) -> dict[str, Any]:
+def qwen05b_step(workdir: Path, checkpointing: bool = True) -> dict[str, Any]:
     """One DAPO step of the 0.5B-shaped model in a worker (its own process and peak RSS)."""
     spec = {
         "size": "qwen2.5-0.5b-shape", "model_dir": str(build_qwen05b(workdir / "qwen05b")),
         "group": 4, "length": 32, "prompts": 4, "micro": 4, "steps": 1,
-        "gradient_checkpointing": True, "reward": "alternate",
+        "gradient_checkpointing": checkpointing, "reward": "alternate",
     }  # fmt: skip
     return run_worker(spec)
 
@@ -259,11 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"grid": rows}
     if args.qwen05b:
         with tempfile.TemporaryDirectory(prefix="dapo-qwen05b-") as tmp:
-            q = qwen05b_step(Path(tmp))
+            q = qwen05b_step(Path(tmp), checkpointing=not args.no_checkpointing)
         result["qwen05b"] = q
         print(f"Qwen2.5-0.5B-shaped ({q['params'] / 1e6:.0f}M parameters), one DAPO step, "
               f"{q['prompts']} prompts x G={q['group']}, {q['length']} new tokens, micro-batch "
-              f"{q['micro']}, gradient checkpointing: step {q['step_s']:.1f} s (generation "
+              f"{q['micro']}, gradient checkpointing "
+              f"{'off' if args.no_checkpointing else 'on'}: step {q['step_s']:.1f} s (generation "
               f"{q['gen_s']:.1f} s), rows skipped {q['rows_skipped']:.0%}, RSS after loading "
               f"{q['rss_loaded_mib']:.0f} MiB, peak RSS {q['rss_peak_mib']:.0f} MiB")  # fmt: skip
     if args.output:

@@ -123,6 +123,12 @@ class TrainConfig:
     weight_decay: float = _f(0.1, "AdamW weight decay.", paper="0.1")
     grad_clip: float = _f(1.0, "Clip the gradient norm to this (0 = off).", paper="1.0")
     seed: int = _f(0, "Seed for data order, sampling and initialisation.")
+    parallelism: str = _f(
+        "auto",
+        "With several processes: ddp (every rank holds the whole model) or fsdp (parameters, "
+        "gradients and optimiser state sharded); auto = fsdp under an accelerate FSDP config.",
+        choices=("auto", "ddp", "fsdp"),
+    )
 
 
 @dataclass

@@ -68,6 +68,14 @@ class Dist:
         td.all_reduce(t, op=td.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def max_int(self, n: int) -> int:
+        """The largest ``n`` over the ranks, on every rank."""
+        if not self.active:
+            return n
+        t = torch.tensor([n], dtype=torch.int64, device=self._device())
+        td.all_reduce(t, op=td.ReduceOp.MAX)
+        return int(t.item())
+
     def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum the gradients of ``params`` across ranks in one flat all-reduce (a rank that
         saw no rows contributes zeros)."""

@@ -36,6 +36,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from dapo_cli.datagen import generate_dataset
 from dapo_cli.errors import DapoError
@@ -385,6 +386,22 @@ def load_model_and_tokenizer(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(resolved_device), tokenizer
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in the backward instead of keeping them.
+
+    transformers checkpoints a layer only while that layer is in training mode, and the
+    policy stays in eval mode (no dropout: sampling and training see the same function), so
+    ``gradient_checkpointing_enable`` alone would do nothing here. Only the checkpointed
+    layers themselves are switched to training mode: that flag turns checkpointing on, and
+    the dropout inside a layer reads its own submodule's flag, which stays off."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise DapoError(f"{type(model).__name__} does not support gradient checkpointing")
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.training = True
 
 
 # --- prompts ---------------------------------------------------------------------------

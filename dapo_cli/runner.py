@@ -22,12 +22,18 @@ from dapo_cli.config import Config
 from dapo_cli.datagen import generate_dataset
 from dapo_cli.distributed import Dist, from_env
 from dapo_cli.errors import DapoError
-from dapo_cli.models import embedded_base, models_root
+from dapo_cli.models import embedded_base, enable_gradient_checkpointing, models_root
 from dapo_cli.observer import TrainObserver
 from dapo_cli.paths import resolve_db_path
 from dapo_cli.policy import Policy, load_policy
 from dapo_cli.records import read_records
 from dapo_cli.sft import supervised_warm_start
+from dapo_cli.sharding import (
+    load_optimizer_state,
+    optimizer_state,
+    shard_for_training,
+    wants_fsdp,
+)
 from dapo_cli.store import Store
 from dapo_cli.trainer import PromptStream, lr_lambda, rollout_step
 
@@ -141,11 +147,11 @@ class _GracefulInterrupt:
             signal.signal(signal.SIGINT, previous)
 
 
-def _trainer_state(step, run_id, stream, optimizer, scheduler, generators, rng) -> dict:
+def _trainer_state(step, run_id, stream, optim_state, scheduler, generators, rng) -> dict:
     """``generators``: every rank's sampling generator state, in rank order."""
     return {
         "step": step, "run_id": run_id, "stream": stream.state_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "optimizer": optim_state, "scheduler": scheduler.state_dict(),
         "generator": generators[0], "generators": generators, "rng": rng.getstate(),
         "torch_rng": torch.get_rng_state(),
     }  # fmt: skip
@@ -190,8 +196,17 @@ def run_training(
     if warm:
         _supervise(policy, samples, config, observer)
     dist.broadcast_params(policy.model)
-    if config.model.gradient_checkpointing:
-        policy.model.gradient_checkpointing_enable()
+    trained = policy.model  # the module the optimiser updates
+    if wants_fsdp(config.train.parallelism, dist):
+        trained = shard_for_training(
+            policy.model, dist, gradient_checkpointing=config.model.gradient_checkpointing
+        )
+        observer.message(
+            f"FSDP: parameters, gradients and optimiser state sharded over {dist.world} "
+            "processes; rollout on a full copy, refreshed after each update"
+        )
+    elif config.model.gradient_checkpointing:
+        enable_gradient_checkpointing(policy.model)
     samples = _fitting_prompts(policy, samples, config.data.max_prompt_tokens, observer)
     reference = None
     if config.algorithm.kl_coef > 0:
@@ -200,7 +215,7 @@ def run_training(
     t = config.train
     torch.manual_seed(t.seed)
     optimizer = torch.optim.AdamW(
-        [p for p in policy.model.parameters() if p.requires_grad],
+        [p for p in trained.parameters() if p.requires_grad],
         lr=t.lr,
         weight_decay=t.weight_decay,
     )
@@ -216,7 +231,7 @@ def run_training(
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
         step, run_id = state["step"], state["run_id"]
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(trained, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         stream.load_state_dict(state["stream"])
         generators = state.get("generators", [state["generator"]])
@@ -237,8 +252,9 @@ def run_training(
 
     def save(path: Path) -> None:
         generators = dist.gather(generator.get_state())  # collective: every rank calls it
+        optim = optimizer_state(trained, optimizer)  # collective under FSDP
         if dist.main:
-            state = _trainer_state(step, run_id, stream, optimizer, scheduler, generators, rng)
+            state = _trainer_state(step, run_id, stream, optim, scheduler, generators, rng)
             ckpt.save_checkpoint(path, policy.model, policy.tokenizer, state)
         dist.barrier()
 
@@ -250,8 +266,9 @@ def run_training(
         with interrupt.installed():
             while step < t.steps:
                 metrics = rollout_step(
-                    policy, optimizer, scheduler, stream, config, generator, rng, reference, dist
-                )
+                    policy, optimizer, scheduler, stream, config, generator, rng, reference, dist,
+                    trained,
+                )  # fmt: skip
                 step += 1
                 history.append(metrics)
                 if store is not None:

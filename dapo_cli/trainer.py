@@ -31,6 +31,7 @@ from dapo_cli.errors import DapoError
 from dapo_cli.policy import Policy
 from dapo_cli.rewards import score
 from dapo_cli.rollout import Rollout, sample, sequence_logprobs
+from dapo_cli.sharding import full_value, is_sharded, sync_weights
 
 
 class PromptStream:
@@ -215,17 +216,23 @@ def update(
     rng: random.Random,
     reference=None,
     dist: Dist = SINGLE,
+    model=None,
 ) -> dict[str, float]:
     """``ppo_epochs`` passes over mini-batches; one optimiser step per mini-batch, with
     micro-batch gradient accumulation exact for token-mean (global denominator). With several
     processes each rank back-propagates its share of every mini-batch and the gradients are
     summed across ranks before the step, so every rank takes the single-process step.
+    ``model`` is the module trained (default ``policy.model``): under FSDP a sharded copy,
+    whose gradients FSDP itself sums, and whose weights are copied into ``policy.model``
+    (the rollout model) at the end.
     Rows that cannot change the step (advantage 0, or every token masked) are not run, so
     the per-token statistics (entropy, clip fractions, approx KL) are over the rows run."""
     t, r, a = config.train, config.rollout, config.algorithm
     G = r.group_size
     n_prompts = batch.rollout.prompt_ids.size(0) // G
-    params = [p for p in policy.model.parameters() if p.requires_grad]
+    model = policy.model if model is None else model
+    sharded = is_sharded(model)
+    params = [p for p in model.parameters() if p.requires_grad]
     # With a KL term every row has a gradient; without, a row whose advantage is 0 (all of a
     # group alike, dynamic sampling off) or whose tokens are all masked (overlong-filtered)
     # adds exactly nothing, and skipping its forward/backward changes no parameter.
@@ -247,6 +254,7 @@ def update(
             mask_mb = batch.loss_mask[rows]  # (b, T)
             num_tokens = mask_mb.sum()  # of the whole mini-batch, on every rank
             num_seqs = (mask_mb.sum(-1) > 0).sum()
+            any_row = rows[:1]
             if skip_idle:  # Â = 0 or no loss token: exactly 0 loss and gradient, so not run
                 adv_mb = batch.advantages[rows].reshape(len(rows), -1)  # (b, 1) or (b, T)
                 rows = rows[(mask_mb.sum(-1) > 0) & (adv_mb != 0).any(-1)]
@@ -258,12 +266,19 @@ def update(
             mine = mine[torch.argsort(key.cpu(), stable=True)]
             optimizer.zero_grad(set_to_none=True)
             finite = True
-            for m0 in range(0, len(mine), t.micro_batch_size):
-                micro = mine[m0 : m0 + t.micro_batch_size]
+            starts = list(range(0, len(mine), t.micro_batch_size))
+            # FSDP's forward and backward are collectives: every rank runs as many passes
+            n_passes = dist.max_int(len(starts)) if sharded else len(starts)
+            for i in range(n_passes):
+                if i >= len(starts):  # a pass that adds nothing, to keep the ranks in step
+                    sub = batch.rollout.select(any_row)
+                    (sequence_logprobs(model, sub, r.temperature).sum() * 0.0).backward()
+                    continue
+                micro = mine[starts[i] : starts[i] + t.micro_batch_size]
                 sub = batch.rollout.select(micro)
                 mask = batch.loss_mask[micro][:, : sub.response_ids.size(1)].to(policy.device)
                 logp, entropy = sequence_logprobs(
-                    policy.model, sub, r.temperature, return_entropy=True
+                    model, sub, r.temperature, return_entropy=True
                 )  # (b, T) each
                 loss, st = A.policy_loss(
                     logp,
@@ -286,7 +301,10 @@ def update(
                     st["kl_ref"] = kl_loss.detach() * num_tokens / mask.sum().clamp(min=1)
                 if not torch.isfinite(loss):
                     finite = False
-                    break
+                    if not sharded:
+                        break
+                    loss.backward()  # the other ranks wait for this pass; the step is dropped
+                    continue
                 loss.backward()
                 w = float(mask.sum())
                 st["entropy"] = A.masked_mean(entropy, mask)
@@ -299,9 +317,10 @@ def update(
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             if finite:
-                dist.sum_grads(params)
+                if not sharded:
+                    dist.sum_grads(params)
                 clip = t.grad_clip if t.grad_clip > 0 else float("inf")
-                norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                norm = full_value(torch.nn.utils.clip_grad_norm_(params, clip))
                 finite = bool(torch.isfinite(norm))
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
@@ -310,6 +329,8 @@ def update(
             optimizer.step()
             grad_norms.append(float(norm))
             n_updates += 1
+    if model is not policy.model and n_updates:
+        sync_weights(model, policy.model)  # the next rollout samples from the new weights
     if dist.active:  # per-token statistics over every rank's rows
         parts = dist.gather((sums, weight))
         keys = dict.fromkeys(k for p in parts for k in p[0])
@@ -353,12 +374,14 @@ def rollout_step(
     rng: random.Random,
     reference=None,
     dist: Dist = SINGLE,
+    model=None,
 ) -> dict[str, float]:
-    """One full DAPO step; returns its metrics."""
+    """One full DAPO step; returns its metrics. ``model``: the module trained (see
+    ``update``)."""
     start = time.perf_counter()
     batch = collect_batch(policy, stream, config, generator, dist)
     gen_time = time.perf_counter() - start
-    update_metrics = update(policy, optimizer, batch, config, rng, reference, dist)
+    update_metrics = update(policy, optimizer, batch, config, rng, reference, dist, model)
     metrics = {**batch.stats, **update_metrics}
     metrics["lr"] = optimizer.param_groups[0]["lr"]
     scheduler.step()

@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py under ``torch.distributed.run`` (2 CPU processes, gloo).
 
 ``update BATCH MODEL_DIR OUT CONFIG_JSON``: one ``trainer.update`` of a saved batch with
-plain SGD; rank 0 saves the weights and metrics.
+plain SGD (FSDP when the config or the environment asks for it); rank 0 saves the weights
+(of the rollout model) and metrics.
 ``train ARGS...``: the ``dapo train`` command itself.
 """
 
@@ -18,18 +19,23 @@ register_verifier("test-parity", lambda s, c: Score.binary(len(c) % 2 == 0))
 
 
 def run_update(batch_file: str, model_dir: str, out: str, overrides: str) -> None:
-    from dapo_cli import distributed, trainer
+    from dapo_cli import distributed, sharding, trainer
     from dapo_cli.config import load_config
     from dapo_cli.policy import load_policy
 
     dist = distributed.from_env()
     config = load_config(None, json.loads(overrides))
     policy = load_policy(model_dir)
-    params = [p for p in policy.model.parameters() if p.requires_grad]
+    trained = policy.model
+    if sharding.wants_fsdp(config.train.parallelism, dist):
+        trained = sharding.shard_for_training(policy.model, dist)
+        assert sharding.is_sharded(trained)
+    params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.train.lr)
     batch = torch.load(batch_file, weights_only=False)
     rng = random.Random(0)
-    metrics = trainer.update(policy, optimizer, batch, config, rng, dist=dist)
+    metrics = trainer.update(policy, optimizer, batch, config, rng, dist=dist, model=trained)
+    # under FSDP, policy.model is the rollout copy: its weights must be the updated ones
     if dist.main:
         torch.save({"state": policy.model.state_dict(), "metrics": metrics}, out)
     dist.close()

@@ -269,3 +269,32 @@ def test_prepare_tokenizer_sets_a_pad_token_and_left_padding(corpus):
     tok.padding_side = "right"
     models.prepare_tokenizer(tok)
     assert tok.pad_token == tok.eos_token and tok.padding_side == "left"
+
+
+def test_gradient_checkpointing_engages_on_an_eval_mode_policy(embedded_dir):
+    """transformers checkpoints a layer only in training mode; the policy is in eval mode, so
+    ``enable_gradient_checkpointing`` must switch the layers on: far fewer activations are
+    kept for the backward, the gradients are the same, and no dropout is switched on."""
+    model = AutoModelForCausalLM.from_pretrained(embedded_dir).eval()
+    ids = torch.randint(0, 500, (4, 48))
+
+    def saved_bytes_and_grads():
+        kept = [0]
+
+        def pack(t):
+            kept[0] += t.numel() * t.element_size()
+            return t
+
+        model.zero_grad()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(input_ids=ids, use_cache=False).logits.logsumexp(-1).mean()
+        loss.backward()
+        return kept[0], [p.grad.clone() for p in model.parameters()]
+
+    plain, grads = saved_bytes_and_grads()
+    models.enable_gradient_checkpointing(model)
+    checkpointed, grads_ckpt = saved_bytes_and_grads()
+    assert checkpointed < plain / 4
+    for g, h in zip(grads, grads_ckpt, strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-5, atol=1e-7)
+    assert not model.training and not model.model.layers[0].self_attn.training

@@ -171,7 +171,7 @@ def test_cli_train_runs_and_bad_flags_fail_before_work(tmp_path, data_file):
     assert bad.stderr.strip().splitlines() == [
         "Error: config: unknown key train.lrr (known: gen_batch_size, grad_clip, lr, "
         "lr_schedule, max_num_gen_batches, micro_batch_size, mini_batch_size, on_gen_cap, "
-        "ppo_epochs, seed, steps, train_batch_size, warmup_steps, weight_decay)"
+        "parallelism, ppo_epochs, seed, steps, train_batch_size, warmup_steps, weight_decay)"
     ]
 
 

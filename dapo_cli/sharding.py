@@ -1,0 +1,166 @@
+"""FSDP for the update: PyTorch's ``fully_shard`` ("FSDP2"), chosen by ``accelerate launch``
+with an FSDP config or by ``train.parallelism=fsdp`` under ``torchrun``.
+
+The model that is trained is a copy of the policy's model, sharded over the ranks: each rank
+keeps 1/world of its parameters, gradients and AdamW moments, the forward all-gathers one
+decoder layer at a time and the backward reduce-scatters the gradients (summed, not
+averaged: the loss already divides by the global token count). Rollout, checkpoints and
+evaluation keep using the policy's plain model (full weights on every rank), which is
+refreshed from the trained copy after every update, as verl refreshes its rollout engine
+from its FSDP actor. So rollout stays free of collectives (ranks may decode for different
+numbers of steps) and checkpoints stay ordinary ``save_pretrained`` folders.
+
+Memory per rank, in units of the model's fp32 weights: DDP holds 4 (weights, gradients, two
+AdamW moments); this holds 1 (rollout copy) + 4/world, plus one gathered layer at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from dapo_cli.distributed import Dist
+from dapo_cli.errors import DapoError
+from dapo_cli.models import enable_gradient_checkpointing
+
+_TRUE = ("1", "true", "yes")
+
+
+def wants_fsdp(parallelism: str, dist: Dist) -> bool:
+    """FSDP for this run? Never with one process; ``auto`` follows ``accelerate launch``
+    (its FSDP config sets ACCELERATE_USE_FSDP=true in every process's environment)."""
+    if not dist.active:
+        return False
+    if parallelism == "auto":
+        return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in _TRUE
+    return parallelism == "fsdp"
+
+
+def fsdp_options() -> dict[str, Any]:
+    """The accelerate FSDP settings that apply here, read from the environment that
+    ``accelerate launch`` writes (``fsdp_version``, ``fsdp_reshard_after_forward``,
+    ``fsdp_offload_params``, ``fsdp_activation_checkpointing``); the others (wrap policy,
+    state-dict type, prefetch) have fixed values here: every decoder layer is its own unit and
+    checkpoints are always full ``save_pretrained`` folders."""
+    version = os.environ.get("FSDP_VERSION", "2")
+    if version != "2":
+        raise DapoError(
+            f"FSDP version {version} requested; dapo train supports FSDP2 only: set "
+            "fsdp_version: 2 in the accelerate config (or --fsdp_version 2)"
+        )
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
+    if reshard not in _TRUE + ("false", "0", "no", "full_shard", "shard_grad_op", "no_reshard"):
+        raise DapoError(f"FSDP_RESHARD_AFTER_FORWARD={reshard!r}: expected true or false")
+    return {
+        "reshard_after_forward": reshard in _TRUE + ("full_shard",),
+        "offload_params": os.environ.get("FSDP_OFFLOAD_PARAMS", "false").lower() in _TRUE,
+        "activation_checkpointing": (
+            os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() in _TRUE
+        ),
+    }
+
+
+def _layer_units(model: nn.Module) -> list[nn.Module]:
+    """The modules sharded as units: those whose class the model names as not to be split
+    (``_no_split_modules``: the decoder layers of every transformers causal LM)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard_for_training(model: nn.Module, dist: Dist, *, gradient_checkpointing: bool = False):
+    """A sharded copy of ``model`` to train (the original is left as the rollout model)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, OffloadPolicy, fully_shard
+
+    opts = fsdp_options()
+    device = next(model.parameters()).device
+    train = copy.deepcopy(model)
+    if gradient_checkpointing or opts["activation_checkpointing"]:
+        enable_gradient_checkpointing(train)
+    mesh = init_device_mesh(device.type, (dist.world,))
+    offload = CPUOffloadPolicy() if opts["offload_params"] and device.type != "cpu" else None
+    kwargs = {
+        "mesh": mesh,
+        "reshard_after_forward": opts["reshard_after_forward"],
+        "offload_policy": offload or OffloadPolicy(),
+    }
+    for unit in _layer_units(train):
+        fully_shard(unit, **kwargs)
+    fully_shard(train, **kwargs)
+    for unit in train.modules():  # sum across ranks (not average): the loss's denominator is
+        if isinstance(unit, FSDPModule):  # already the global token count, as with DDP here
+            unit.set_gradient_divide_factor(1.0)
+            unit.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
+    return train
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_value(t: torch.Tensor) -> torch.Tensor:
+    """A (possibly sharded or replicated) tensor's whole value; collective when sharded."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+@torch.no_grad()
+def sync_weights(train: nn.Module, rollout: nn.Module) -> None:
+    """Copy the trained weights into the rollout model (every rank gathers every parameter;
+    collective, so all ranks call it at the same point)."""
+    target = dict(rollout.named_parameters())
+    for name, p in train.named_parameters():
+        target[name].copy_(full_value(p).to(target[name].device, target[name].dtype))
+
+
+def _names_in_optimizer_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The whole optimiser state in ``optimizer.state_dict()``'s own format (parameters by
+    index), so checkpoints of sharded and unsharded runs are interchangeable. Collective
+    when ``model`` is sharded: every rank calls it (rank 0's result is the one to save)."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    full = get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if not full:  # ranks other than 0 receive nothing (cpu_offload gathers on rank 0 only)
+        return {}
+    index = {n: i for i, n in enumerate(_names_in_optimizer_order(model, optimizer))}
+    return {
+        "state": {index[n]: v for n, v in full.get("state", {}).items()},
+        "param_groups": [
+            {**g, "params": [index[n] for n in g["params"]]} for g in full["param_groups"]
+        ],
+    }
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Inverse of :func:`optimizer_state` (every rank passes the whole state it read)."""
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = _names_in_optimizer_order(model, optimizer)
+    full = {
+        "state": {names[i]: v for i, v in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
