@@ -25,14 +25,20 @@ def step_dir(output_dir: str | os.PathLike, step: int) -> Path:
 
 
 def save_checkpoint(
-    path: str | os.PathLike, model, tokenizer, trainer_state: dict[str, Any] | None = None
+    path: str | os.PathLike,
+    model,
+    tokenizer,
+    trainer_state: dict[str, Any] | None = None,
+    *,
+    weights: dict[str, Any] | None = None,
 ) -> Path:
-    """Write model, tokenizer and (optionally) trainer state to ``path`` atomically."""
+    """Write model, tokenizer and (optionally) trainer state to ``path`` atomically.
+    ``weights``: a state dict to write instead of the model's own (e.g. gathered shards)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / STATE_FILE)

@@ -22,17 +22,18 @@ from dapo_cli.config import Config
 from dapo_cli.datagen import generate_dataset
 from dapo_cli.distributed import Dist, from_env
 from dapo_cli.errors import DapoError
-from dapo_cli.models import embedded_base, enable_gradient_checkpointing, models_root
+from dapo_cli.models import embedded_base, models_root
 from dapo_cli.observer import TrainObserver
 from dapo_cli.paths import resolve_db_path
 from dapo_cli.policy import Policy, load_policy
 from dapo_cli.records import read_records
 from dapo_cli.sft import supervised_warm_start
 from dapo_cli.sharding import (
+    is_sharded,
     load_optimizer_state,
     optimizer_state,
-    shard_for_training,
-    wants_fsdp,
+    prepare_trained,
+    weights_to_save,
 )
 from dapo_cli.store import Store
 from dapo_cli.trainer import PromptStream, lr_lambda, rollout_step
@@ -196,17 +197,27 @@ def run_training(
     if warm:
         _supervise(policy, samples, config, observer)
     dist.broadcast_params(policy.model)
-    trained = policy.model  # the module the optimiser updates
-    if wants_fsdp(config.train.parallelism, dist):
-        trained = shard_for_training(
-            policy.model, dist, gradient_checkpointing=config.model.gradient_checkpointing
-        )
+    fp32_weights = None
+    if resume_from is not None and policy.model.dtype != torch.float32:  # saved master weights
+        fp32_weights = load_policy(source, device=policy.device, dtype="float32").model
+    trained = prepare_trained(  # the module the optimiser updates (see sharding.py)
+        policy.model,
+        dist,
+        parallelism=config.train.parallelism,
+        gradient_checkpointing=config.model.gradient_checkpointing,
+        fp32_weights=fp32_weights,
+    )
+    del fp32_weights
+    if is_sharded(trained):
         observer.message(
             f"FSDP: parameters, gradients and optimiser state sharded over {dist.world} "
             "processes; rollout on a full copy, refreshed after each update"
         )
-    elif config.model.gradient_checkpointing:
-        enable_gradient_checkpointing(policy.model)
+    if policy.model.dtype != torch.float32:
+        observer.message(
+            f"mixed precision: {str(policy.model.dtype).removeprefix('torch.')} compute, "
+            "fp32 master weights"
+        )
     samples = _fitting_prompts(policy, samples, config.data.max_prompt_tokens, observer)
     reference = None
     if config.algorithm.kl_coef > 0:
@@ -253,9 +264,10 @@ def run_training(
     def save(path: Path) -> None:
         generators = dist.gather(generator.get_state())  # collective: every rank calls it
         optim = optimizer_state(trained, optimizer)  # collective under FSDP
+        model, weights = weights_to_save(trained, policy.model)  # collective under FSDP
         if dist.main:
             state = _trainer_state(step, run_id, stream, optim, scheduler, generators, rng)
-            ckpt.save_checkpoint(path, policy.model, policy.tokenizer, state)
+            ckpt.save_checkpoint(path, model, policy.tokenizer, state, weights=weights)
         dist.barrier()
 
     history: list[dict[str, float]] = []

@@ -1,21 +1,32 @@
-"""FSDP for the update: PyTorch's ``fully_shard`` ("FSDP2"), chosen by ``accelerate launch``
-with an FSDP config or by ``train.parallelism=fsdp`` under ``torchrun``.
+"""The model the optimiser updates, when it is not simply the policy's model: FSDP and mixed
+precision.
 
-The model that is trained is a copy of the policy's model, sharded over the ranks: each rank
-keeps 1/world of its parameters, gradients and AdamW moments, the forward all-gathers one
-decoder layer at a time and the backward reduce-scatters the gradients (summed, not
-averaged: the loss already divides by the global token count). Rollout, checkpoints and
-evaluation keep using the policy's plain model (full weights on every rank), which is
-refreshed from the trained copy after every update, as verl refreshes its rollout engine
-from its FSDP actor. So rollout stays free of collectives (ranks may decode for different
-numbers of steps) and checkpoints stay ordinary ``save_pretrained`` folders.
+**Mixed precision.** A policy loaded in bf16 (``model.dtype=auto`` on a capable GPU) samples in
+bf16, but its weights are not trained in bf16: an AdamW step of lr 1e-6 on a weight of size
+0.02 is far below bf16's resolution there (about 1e-4) and would be rounded away, so nearly
+no weight would ever move. The trained model is an fp32 copy (master weights) whose forward
+runs under autocast in the policy's dtype; the policy's model is refreshed from it after
+every update, and checkpoints hold the fp32 weights.
+
+**FSDP**: PyTorch's ``fully_shard`` ("FSDP2"), chosen by ``accelerate launch`` with an FSDP
+config or by ``train.parallelism=fsdp`` under ``torchrun``. The model that is trained is a
+copy of the policy's model, sharded over the ranks: each rank keeps 1/world of its
+parameters, gradients and AdamW moments, the forward all-gathers one decoder layer at a
+time and the backward reduce-scatters the gradients (summed, not averaged: the loss already
+divides by the global token count). Rollout and evaluation keep using the policy's plain
+model (full weights on every rank), which is refreshed from the trained copy after every
+update, as verl refreshes its rollout engine from its FSDP actor. So rollout stays free of
+collectives (ranks may decode for different numbers of steps), and checkpoints stay
+ordinary ``save_pretrained`` folders.
 
 Memory per rank, in units of the model's fp32 weights: DDP holds 4 (weights, gradients, two
-AdamW moments); this holds 1 (rollout copy) + 4/world, plus one gathered layer at a time.
+AdamW moments); FSDP holds 1 (the rollout copy; 0.5 in bf16) + 4/world, plus one gathered
+layer at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from typing import Any
@@ -71,14 +82,69 @@ def _layer_units(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
-def shard_for_training(model: nn.Module, dist: Dist, *, gradient_checkpointing: bool = False):
-    """A sharded copy of ``model`` to train (the original is left as the rollout model)."""
+def prepare_trained(
+    model: nn.Module,
+    dist: Dist,
+    *,
+    parallelism: str = "auto",
+    gradient_checkpointing: bool = False,
+    fp32_weights: nn.Module | None = None,
+) -> nn.Module:
+    """The module the optimiser will update: ``model`` itself (fp32, no FSDP), an fp32 copy
+    (``model`` in bf16/fp16), or a sharded copy (FSDP). ``fp32_weights``: a float32 load of
+    the same checkpoint, used for the master weights instead of upcasting ``model``'s (a
+    resumed run keeps the precision it saved)."""
+    low = _dtype(model) != torch.float32
+    if wants_fsdp(parallelism, dist):
+        return shard_for_training(
+            fp32_weights if low and fp32_weights is not None else model,
+            dist,
+            gradient_checkpointing=gradient_checkpointing,
+            compute_dtype=_dtype(model) if low else None,
+        )
+    trained = model
+    if low:
+        trained = fp32_weights if fp32_weights is not None else copy.deepcopy(model).float()
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(trained)
+    return trained
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def compute_context(trained: nn.Module, rollout: nn.Module):
+    """Autocast to the rollout model's dtype for a forward of fp32 master weights (FSDP casts
+    by itself, with its mixed-precision policy); no-op otherwise."""
+    low = _dtype(rollout)
+    if trained is rollout or is_sharded(trained) or low == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(next(trained.parameters()).device.type, dtype=low)
+
+
+def shard_for_training(
+    model: nn.Module,
+    dist: Dist,
+    *,
+    gradient_checkpointing: bool = False,
+    compute_dtype: torch.dtype | None = None,
+):
+    """A sharded copy of ``model`` to train (the original is left as the rollout model); with
+    ``compute_dtype`` the shards are fp32 and each gathered layer is cast to it (gradients
+    are reduced in fp32)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        FSDPModule,
+        MixedPrecisionPolicy,
+        OffloadPolicy,
+        fully_shard,
+    )
 
     opts = fsdp_options()
     device = next(model.parameters()).device
-    train = copy.deepcopy(model)
+    train = copy.deepcopy(model).float() if compute_dtype is not None else copy.deepcopy(model)
     if gradient_checkpointing or opts["activation_checkpointing"]:
         enable_gradient_checkpointing(train)
     mesh = init_device_mesh(device.type, (dist.world,))
@@ -87,6 +153,7 @@ def shard_for_training(model: nn.Module, dist: Dist, *, gradient_checkpointing: 
         "mesh": mesh,
         "reshard_after_forward": opts["reshard_after_forward"],
         "offload_policy": offload or OffloadPolicy(),
+        "mp_policy": MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32),
     }
     for unit in _layer_units(train):
         fully_shard(unit, **kwargs)
@@ -118,6 +185,27 @@ def sync_weights(train: nn.Module, rollout: nn.Module) -> None:
     target = dict(rollout.named_parameters())
     for name, p in train.named_parameters():
         target[name].copy_(full_value(p).to(target[name].device, target[name].dtype))
+
+
+def weights_to_save(trained: nn.Module, rollout: nn.Module):
+    """``(model, state_dict)`` for ``model.save_pretrained(..., state_dict=state_dict)``: the
+    trained weights at full precision (``state_dict`` None: the model's own). Collective
+    when ``trained`` is sharded and in another dtype than the rollout copy: every rank calls
+    it; rank 0 receives the state."""
+    if trained is rollout:
+        return rollout, None
+    if not is_sharded(trained):
+        return trained, None  # the fp32 master weights
+    if _dtype(rollout) == torch.float32:
+        return rollout, None  # refreshed from the shards after every update: the same values
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(
+        trained, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    # one entry per distinct tensor, as save_pretrained writes it (tied weights once)
+    names = {n for n, _ in rollout.named_parameters()} | {n for n, _ in rollout.named_buffers()}
+    return rollout, {k: v for k, v in state.items() if k in names}
 
 
 def _names_in_optimizer_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:

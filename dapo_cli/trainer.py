@@ -31,7 +31,7 @@ from dapo_cli.errors import DapoError
 from dapo_cli.policy import Policy
 from dapo_cli.rewards import score
 from dapo_cli.rollout import Rollout, sample, sequence_logprobs
-from dapo_cli.sharding import full_value, is_sharded, sync_weights
+from dapo_cli.sharding import compute_context, full_value, is_sharded, sync_weights
 
 
 class PromptStream:
@@ -222,9 +222,9 @@ def update(
     micro-batch gradient accumulation exact for token-mean (global denominator). With several
     processes each rank back-propagates its share of every mini-batch and the gradients are
     summed across ranks before the step, so every rank takes the single-process step.
-    ``model`` is the module trained (default ``policy.model``): under FSDP a sharded copy,
-    whose gradients FSDP itself sums, and whose weights are copied into ``policy.model``
-    (the rollout model) at the end.
+    ``model`` is the module trained (default ``policy.model``): an fp32 copy of a bf16 policy
+    (run under autocast) or, under FSDP, a sharded copy whose gradients FSDP itself sums;
+    either way its weights are copied into ``policy.model`` (the rollout model) at the end.
     Rows that cannot change the step (advantage 0, or every token masked) are not run, so
     the per-token statistics (entropy, clip fractions, approx KL) are over the rows run."""
     t, r, a = config.train, config.rollout, config.algorithm
@@ -232,6 +232,7 @@ def update(
     n_prompts = batch.rollout.prompt_ids.size(0) // G
     model = policy.model if model is None else model
     sharded = is_sharded(model)
+    compute = compute_context(model, policy.model)
     params = [p for p in model.parameters() if p.requires_grad]
     # With a KL term every row has a gradient; without, a row whose advantage is 0 (all of a
     # group alike, dynamic sampling off) or whose tokens are all masked (overlong-filtered)
@@ -272,14 +273,17 @@ def update(
             for i in range(n_passes):
                 if i >= len(starts):  # a pass that adds nothing, to keep the ranks in step
                     sub = batch.rollout.select(any_row)
-                    (sequence_logprobs(model, sub, r.temperature).sum() * 0.0).backward()
+                    with compute:
+                        nothing = sequence_logprobs(model, sub, r.temperature).sum() * 0.0
+                    nothing.backward()
                     continue
                 micro = mine[starts[i] : starts[i] + t.micro_batch_size]
                 sub = batch.rollout.select(micro)
                 mask = batch.loss_mask[micro][:, : sub.response_ids.size(1)].to(policy.device)
-                logp, entropy = sequence_logprobs(
-                    model, sub, r.temperature, return_entropy=True
-                )  # (b, T) each
+                with compute:  # autocast when fp32 master weights train a bf16 policy
+                    logp, entropy = sequence_logprobs(
+                        model, sub, r.temperature, return_entropy=True
+                    )  # (b, T) each
                 loss, st = A.policy_loss(
                     logp,
                     sub.logprobs,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from dapo_cli import trainer
@@ -179,3 +180,12 @@ def test_fsdp_under_accelerate_launch_trains_as_ddp_does(tmp_path, data_file):
     # the FSDP checkpoint resumes under DDP
     resumed = train("fsdp", "--resume", "--steps", "4")
     assert "resumed from" in resumed.stdout and "step    4" in resumed.stdout
+
+    # bf16 under FSDP: bf16 compute on fp32 shards; the checkpoint holds the fp32 weights,
+    # and at lr 1e-6 nearly all of them moved (in bf16 itself few would)
+    low = train("fsdp16", "--set", "model.dtype=bfloat16", "--set", "train.lr=1e-6", fsdp=True)
+    assert "mixed precision: bfloat16 compute, fp32 master weights" in low.stdout
+    saved = load_file(next((tmp_path / "fsdp16" / "dapo_final").glob("*.safetensors")))
+    assert saved.keys() == base.keys() and all(v.dtype == torch.float32 for v in saved.values())
+    moved = sum(int((saved[k] != base[k]).sum()) for k in base)
+    assert moved > 0.5 * sum(v.numel() for v in base.values())
