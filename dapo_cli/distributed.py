@@ -31,6 +31,8 @@ from typing import Any
 import torch
 import torch.distributed as td
 
+GRAD_BUCKET_BYTES = 32 * 2**20  # gradients all-reduced together (DDP's default is 25 MiB)
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -77,18 +79,29 @@ class Dist:
         return int(t.item())
 
     def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Sum the gradients of ``params`` across ranks in one flat all-reduce (a rank that
-        saw no rows contributes zeros)."""
+        """Sum the gradients of ``params`` across ranks, in flat buckets of about
+        ``GRAD_BUCKET_BYTES`` (as DDP does; one flat buffer of every gradient would double
+        their memory for a moment). A rank that saw no rows contributes zeros."""
         if not self.active:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        td.all_reduce(flat, op=td.ReduceOp.SUM)
-        offset = 0
         for p in params:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        limit = GRAD_BUCKET_BYTES
+        bucket: list[torch.nn.Parameter] = []
+        size = 0
+        for i, p in enumerate(params):
+            bucket.append(p)
+            size += p.grad.numel() * p.grad.element_size()
+            if size >= limit or i == len(params) - 1:
+                flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+                td.all_reduce(flat, op=td.ReduceOp.SUM)
+                offset = 0
+                for q in bucket:
+                    n = q.grad.numel()
+                    q.grad.copy_(flat[offset : offset + n].view_as(q.grad))
+                    offset += n
+                bucket, size = [], 0
 
     def broadcast_params(self, model: torch.nn.Module) -> None:
         """Rank 0's weights on every rank (so all start from exactly the same model)."""

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dapo_cli.distributed import SINGLE
 from dapo_cli.policy import Policy
 from dapo_cli.rollout import position_ids_from_mask
+from dapo_cli.sharding import compute_context, prepare_trained, sync_weights
 from dapo_cli.tasks import TASKS
 
 
@@ -79,7 +81,8 @@ def supervised_warm_start(
     ``max_seconds``), AdamW with linear warm-up then cosine decay. Returns a summary."""
     if not samples:
         raise ValueError("no samples to warm-start on")
-    model = policy.model
+    model = prepare_trained(policy.model, SINGLE)  # fp32 master weights of a bf16 policy
+    compute = compute_context(model, policy.model)  # autocast to the policy's dtype, if any
     model.train()
     examples = encode_examples(policy, samples)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -102,7 +105,8 @@ def supervised_warm_start(
             order += fresh
         chosen, order = order[:batch_size], order[batch_size:]
         ids, mask, labels = _collate([examples[i] for i in chosen], policy.pad_id, policy.device)
-        loss = supervised_loss(model, ids, mask, labels)
+        with compute:
+            loss = supervised_loss(model, ids, mask, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -114,6 +118,8 @@ def supervised_warm_start(
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
     model.eval()
+    if model is not policy.model:
+        sync_weights(model, policy.model)
     tail = losses[-20:]
     return {
         "steps": float(step),

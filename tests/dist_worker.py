@@ -24,6 +24,7 @@ def run_update(batch_file: str, model_dir: str, out: str, overrides: str) -> Non
     from dapo_cli.policy import load_policy
 
     dist = distributed.from_env()
+    distributed.GRAD_BUCKET_BYTES = 64_000  # the embedded model's gradients in ~70 buckets
     config = load_config(None, json.loads(overrides))
     policy = load_policy(model_dir)
     trained = policy.model
