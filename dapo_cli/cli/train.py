@@ -74,7 +74,9 @@ def _progress() -> Progress:
 
 TRAIN_EXAMPLE = (
     "Example: dapo train --data data/dataset.jsonl --steps 50 --group-size 8 "
-    "--set algorithm.eps_high=0.28"
+    "--set algorithm.eps_high=0.28\n\n"
+    "Several processes (FSDP): accelerate launch --config_file "
+    "templates/accelerate/fsdp.yaml -m dapo_cli train --data data/dataset.jsonl"
 )
 
 
