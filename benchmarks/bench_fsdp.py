@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,11 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_scaling import build_qwen05b, rss_mib  # noqa: E402
+
 WORKER_FLAG = "--worker"
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def worker(spec: dict[str, Any]) -> None:
@@ -130,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     import platform
 
     import torch
-    from bench_scaling import build_qwen05b
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}; {args.processes} processes (gloo), "
