@@ -30,10 +30,12 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 FSDP_CONFIG = Path(__file__).resolve().parent.parent / "templates" / "accelerate" / "fsdp.yaml"
 
 
-def launch(*args: str, timeout: int = 300, fsdp: bool = False) -> subprocess.CompletedProcess:
+def launch(
+    *args: str, timeout: int = 300, fsdp: bool = False, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node 2 tests/dist_worker.py ARGS`` (gloo, CPU), or
     with ``fsdp`` ``accelerate launch --config_file templates/accelerate/fsdp.yaml ...``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", str(WORKER), *args]  # fmt: skip
     if fsdp:
@@ -96,7 +98,10 @@ def test_two_processes_take_the_single_process_update(tmp_path, data_file, paral
     assert single["updates"] == 2  # two mini-batches: two optimiser steps
 
     out = tmp_path / "two.pt"
-    launch("update", str(tmp_path / "batch.pt"), str(model_dir), str(out), json.dumps(overrides))
+    # (FSDP here keeps each layer gathered from forward to backward; the accelerate test below
+    # runs the default, resharding after the forward)
+    launch("update", str(tmp_path / "batch.pt"), str(model_dir), str(out), json.dumps(overrides),
+           env={"FSDP_RESHARD_AFTER_FORWARD": "false"})  # fmt: skip
     two = torch.load(out, weights_only=False)
     after = policy.model.state_dict()
     step_one = torch.cat([(after[k] - before[k]).flatten() for k in before])
@@ -189,3 +194,27 @@ def test_fsdp_under_accelerate_launch_trains_as_ddp_does(tmp_path, data_file):
     assert saved.keys() == base.keys() and all(v.dtype == torch.float32 for v in saved.values())
     moved = sum(int((saved[k] != base[k]).sum()) for k in base)
     assert moved > 0.5 * sum(v.numel() for v in base.values())
+
+
+def test_fsdp_is_chosen_by_accelerate_or_the_config_and_reads_its_settings(monkeypatch):
+    from dapo_cli import sharding
+    from dapo_cli.errors import DapoError
+
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_RESHARD_AFTER_FORWARD",
+                 "FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    two = Dist(rank=0, world=2)
+    assert not sharding.wants_fsdp("auto", two) and sharding.wants_fsdp("fsdp", two)
+    assert not sharding.wants_fsdp("fsdp", Dist())  # one process: nothing to shard
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets
+    assert sharding.wants_fsdp("auto", two) and not sharding.wants_fsdp("ddp", two)
+    assert sharding.fsdp_options() == {
+        "reshard_after_forward": True, "offload_params": False, "activation_checkpointing": False
+    }  # fmt: skip
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")
+    opts = sharding.fsdp_options()
+    assert not opts["reshard_after_forward"] and opts["activation_checkpointing"]
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(DapoError, match="supports FSDP2 only"):
+        sharding.fsdp_options()
