@@ -94,6 +94,10 @@ class Dist:
             bucket.append(p)
             size += p.grad.numel() * p.grad.element_size()
             if size >= limit or i == len(params) - 1:
+                if len(bucket) == 1 and bucket[0].grad.is_contiguous():  # e.g. an embedding
+                    td.all_reduce(bucket[0].grad, op=td.ReduceOp.SUM)  # in place, no copy
+                    bucket, size = [], 0
+                    continue
                 flat = torch.cat([q.grad.reshape(-1) for q in bucket])
                 td.all_reduce(flat, op=td.ReduceOp.SUM)
                 offset = 0
