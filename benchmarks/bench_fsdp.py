@@ -47,7 +47,6 @@ def worker(spec: dict[str, Any]) -> None:
     from dapo_cli.config import load_config
     from dapo_cli.datagen import generate_dataset
     from dapo_cli.distributed import from_env
-    from dapo_cli.models import enable_gradient_checkpointing
     from dapo_cli.policy import load_policy
     from dapo_cli.rewards import register_verifier
     from dapo_cli.tasks.base import Score
@@ -67,13 +66,12 @@ def worker(spec: dict[str, Any]) -> None:
     ])  # fmt: skip
     policy = load_policy(spec["model_dir"])
     dist.broadcast_params(policy.model)
-    trained = policy.model
-    if sharding.wants_fsdp(config.train.parallelism, dist):
-        trained = sharding.shard_for_training(
-            policy.model, dist, gradient_checkpointing=spec["checkpointing"]
-        )
-    elif spec["checkpointing"]:
-        enable_gradient_checkpointing(policy.model)
+    trained = sharding.prepare_trained(
+        policy.model,
+        dist,
+        parallelism=config.train.parallelism,
+        gradient_checkpointing=spec["checkpointing"],
+    )
     data = generate_dataset(max(64, prompts * spec["steps"]), ["math"], seed=0, test_fraction=0.0)
     data = [{**d, "task_type": "bench-alt"} for d in data]
     optimizer = torch.optim.AdamW(trained.parameters(), lr=config.train.lr)

@@ -81,12 +81,10 @@ class Dist:
     def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum the gradients of ``params`` across ranks, in flat buckets of about
         ``GRAD_BUCKET_BYTES`` (as DDP does; one flat buffer of every gradient would double
-        their memory for a moment). A rank that saw no rows contributes zeros."""
+        their memory for a moment). Every parameter must have a gradient (zeros on a rank
+        that saw no rows: ``trainer.update`` sets them)."""
         if not self.active:
             return
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
         limit = GRAD_BUCKET_BYTES
         bucket: list[torch.nn.Parameter] = []
         size = 0

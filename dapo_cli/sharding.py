@@ -144,7 +144,9 @@ def shard_for_training(
 
     opts = fsdp_options()
     device = next(model.parameters()).device
-    train = copy.deepcopy(model).float() if compute_dtype is not None else copy.deepcopy(model)
+    train = copy.deepcopy(model)
+    if compute_dtype is not None:
+        train.float()  # fp32 shards; compute in compute_dtype
     if gradient_checkpointing or opts["activation_checkpointing"]:
         enable_gradient_checkpointing(train)
     mesh = init_device_mesh(device.type, (dist.world,))

@@ -27,9 +27,8 @@ def run_update(batch_file: str, model_dir: str, out: str, overrides: str) -> Non
     distributed.GRAD_BUCKET_BYTES = 64_000  # the embedded model's gradients in ~70 buckets
     config = load_config(None, json.loads(overrides))
     policy = load_policy(model_dir)
-    trained = policy.model
+    trained = sharding.prepare_trained(policy.model, dist, parallelism=config.train.parallelism)
     if sharding.wants_fsdp(config.train.parallelism, dist):
-        trained = sharding.shard_for_training(policy.model, dist)
         assert sharding.is_sharded(trained)
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.train.lr)
