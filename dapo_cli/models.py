@@ -398,7 +398,11 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     the dropout inside a layer reads its own submodule's flag, which stays off."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise DapoError(f"{type(model).__name__} does not support gradient checkpointing")
-    model.activation_checkpointing_enable({"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(kwargs)
+    else:  # earlier 5.x: the same switch under its former name
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module.training = True

@@ -334,6 +334,24 @@ def _text(data: bytes) -> str:
     return text + (f"\n[... {more} more bytes]" if more > 0 else "")
 
 
+def _host_parent(mode: _Mode) -> str:
+    """Where a run's folder is made: the temp directory, unless the code runs as a fresh uid
+    without bwrap (which mounts the folder) and cannot reach it there (e.g. TMPDIR inside a
+    private home); then /tmp, if that can be reached (else the run reports no result)."""
+    tmp = tempfile.gettempdir()
+    if mode.kind == "bwrap" or not mode.drop_uid or _traversable(tmp):
+        return tmp
+    return "/tmp" if _traversable("/tmp") else tmp
+
+
+def _traversable(path: str) -> bool:
+    """Can any user pass through ``path`` and all its parents?"""
+    try:
+        return all(q.stat().st_mode & 1 for q in (Path(path), *Path(path).parents))
+    except OSError:
+        return False
+
+
 def _spawn(mode: _Mode, host_dir: str, code: str, uid: int | None) -> tuple[list, str, dict]:
     """Write the harness and the solution; return the command, its cwd and Popen extras."""
     for name, text in (("harness.py", _HARNESS), ("solution.py", code)):
@@ -373,7 +391,7 @@ def run_function_tests(
     args, limits = [list(t["args"]) for t in tests], _rlimits(timeout, memory_mb, mode)
     cfg = {"nonce": nonce, "function": function, "args": args, "rlimits": limits}
     cfg["strict"] = sys.platform == "linux"  # fail closed where every limit must hold
-    host_dir = tempfile.mkdtemp(prefix="dapo-sandbox-")
+    host_dir = tempfile.mkdtemp(prefix="dapo-sandbox-", dir=_host_parent(mode))
     try:
         cmd, cwd, extra = _spawn(mode, host_dir, code, uid)
         out_path, err_path = os.path.join(host_dir, "stdout"), os.path.join(host_dir, "stderr")

@@ -258,7 +258,7 @@ def update(
             any_row = rows[:1]
             if skip_idle:  # Â = 0 or no loss token: exactly 0 loss and gradient, so not run
                 adv_mb = batch.advantages[rows].reshape(len(rows), -1)  # (b, 1) or (b, T)
-                rows = rows[(mask_mb.sum(-1) > 0) & (adv_mb != 0).any(-1)]
+                rows = rows[((mask_mb.sum(-1) > 0) & (adv_mb != 0).any(-1)).cpu()]
                 idle += len(prompts) * G - len(rows)
             mine = rows[dist.shard(len(rows))]
             # micro-batches of similar lengths pad less (the sum of gradients is the same)

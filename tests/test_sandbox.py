@@ -35,6 +35,14 @@ def run_hostile(code: str, args: list | None = None, expected=True) -> SandboxRe
 
 
 @pytest.fixture
+def isolated():
+    """Skip where bubblewrap cannot run: the rlimits-only fallback leaves the network open and
+    world-writable places writable, as sandbox.py documents (CI installs bubblewrap)."""
+    if sandbox._mode().kind != "bwrap":
+        pytest.skip(f"needs bubblewrap's namespaces; here: {isolation_status()}")
+
+
+@pytest.fixture
 def victim(tmp_path):
     """A world-writable directory outside the sandbox holding a world-writable file."""
     d = tmp_path / "victim"
@@ -128,7 +136,7 @@ def test_huge_allocation():
     assert "MemoryError" in str(result.outputs)
 
 
-def test_writing_outside_the_sandbox(victim):
+def test_writing_outside_the_sandbox(victim, isolated):
     token = secrets.token_hex(6)
     places = ["/tmp", "/root", str(REPO), str(victim), "/var/tmp", "/dev/shm", "/usr/lib"]
     targets = [f"{place}/x_{token}" for place in places]
@@ -216,7 +224,7 @@ def test_spawning_a_shell():
     assert not os.path.exists(f"/tmp/sh_{token}")
 
 
-def test_opening_a_socket():
+def test_opening_a_socket(isolated):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -272,3 +280,30 @@ def test_fallback_without_bwrap_warns_once_and_still_limits(monkeypatch, caplog)
         assert result.timed_out and time.monotonic() - start < 4
     finally:
         sandbox._detect_mode.cache_clear()
+
+
+def test_a_fresh_uid_gets_a_folder_it_can_reach(tmp_path, monkeypatch):
+    """Without bwrap, as root, the code runs as a fresh uid that must read its files: a temp
+    directory inside a private folder (mode 0700) is passed over for /tmp."""
+    private = tmp_path / "private"
+    (private / "tmp").mkdir(parents=True)
+    os.chmod(private, 0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(private / "tmp"))
+    fallback = sandbox._Mode("rlimits", sys.executable, drop_uid=True)
+    assert sandbox._host_parent(fallback) == "/tmp"
+    assert sandbox._host_parent(sandbox._Mode("rlimits", sys.executable, drop_uid=False)) == str(
+        private / "tmp"
+    )
+    reachable = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        os.chmod(reachable, 0o755)
+        monkeypatch.setattr(tempfile, "tempdir", str(reachable))
+        assert sandbox._host_parent(fallback) == str(reachable)
+    finally:
+        reachable.rmdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private / "tmp"))
+    python = sandbox._base_python()
+    if sandbox._is_root() and sandbox._world_usable(python):  # and the code runs from there
+        run_as_uid = sandbox._Mode("rlimits", python, drop_uid=True)
+        result = run_function_tests(ADD, "add", ADD_TESTS, _mode_override=run_as_uid)
+        assert result.all_passed, result

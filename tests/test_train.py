@@ -294,7 +294,10 @@ def test_rows_without_gradient_are_skipped_and_the_step_is_unchanged(tmp_path):
     policy = load_policy(str(embedded_base("tiny-1m")))
     samples = [json.loads(line) for line in path.read_text().splitlines()]
     batch = trainer.collect_batch(
-        policy, trainer.PromptStream(samples, seed=0), config, torch.Generator().manual_seed(0)
+        policy,
+        trainer.PromptStream(samples, seed=0),
+        config,
+        torch.Generator(policy.device).manual_seed(0),
     )
     batch.loss_mask[[1, 6]] = 0  # as overlong filtering masks truncated rows
     idle = (batch.advantages == 0) | (batch.loss_mask.sum(-1) == 0)
@@ -343,7 +346,10 @@ def test_groups_filtered_counts_groups_without_signal_not_the_surplus(tmp_path):
     ])  # fmt: skip
     policy = load_policy(str(embedded_base("tiny-1m")))
     batch = trainer.collect_batch(
-        policy, trainer.PromptStream(samples, seed=0), config, torch.Generator().manual_seed(0)
+        policy,
+        trainer.PromptStream(samples, seed=0),
+        config,
+        torch.Generator(policy.device).manual_seed(0),
     )
     stats = batch.stats
     assert stats["prompts_trained"] == 4 and stats["gen_batches"] == 1
