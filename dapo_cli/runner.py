@@ -29,6 +29,7 @@ from dapo_cli.policy import Policy, load_policy
 from dapo_cli.records import read_records
 from dapo_cli.sft import supervised_warm_start
 from dapo_cli.sharding import (
+    fsdp_options,
     is_sharded,
     load_optimizer_state,
     optimizer_state,
@@ -209,9 +210,12 @@ def run_training(
     )
     del fp32_weights
     if is_sharded(trained):
+        offload = fsdp_options()["offload_params"] and policy.device.type != "cpu"
         observer.message(
             f"FSDP: parameters, gradients and optimiser state sharded over {dist.world} "
-            "processes; rollout on a full copy, refreshed after each update"
+            f"process{'es' if dist.world > 1 else ''}"
+            f"{', offloaded to CPU memory' if offload else ''}; rollout on a full copy, "
+            "refreshed after each update"
         )
     if policy.model.dtype != torch.float32:
         observer.message(

@@ -21,17 +21,21 @@ ordinary ``save_pretrained`` folders.
 
 Memory per rank, in units of the model's fp32 weights: DDP holds 4 (weights, gradients, two
 AdamW moments); FSDP holds 1 (the rollout copy; 0.5 in bf16) + 4/world, plus one gathered
-layer at a time.
+layer at a time; with ``fsdp_offload_params`` on a GPU the 4/world lie in CPU memory. One
+process with an FSDP config (``accelerate launch --num_processes 1``) runs FSDP over a group of
+one: a single GPU can then train a model whose fp32 weights and AdamW state exceed its memory.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import os
 from typing import Any
 
 import torch
+import torch.distributed as td
 from torch import nn
 
 from dapo_cli.distributed import Dist
@@ -42,10 +46,12 @@ _TRUE = ("1", "true", "yes")
 
 
 def wants_fsdp(parallelism: str, dist: Dist) -> bool:
-    """FSDP for this run? Never with one process; ``auto`` follows ``accelerate launch``
-    (its FSDP config sets ACCELERATE_USE_FSDP=true in every process's environment)."""
-    if not dist.active:
-        return False
+    """FSDP for this run? ``auto`` follows ``accelerate launch`` (its FSDP config sets
+    ACCELERATE_USE_FSDP=true in every process's environment). With one process (``accelerate
+    launch --num_processes 1`` with an FSDP config, or ``train.parallelism=fsdp``) nothing is
+    divided, but the layer-by-layer units, mixed-precision policy and, on a GPU,
+    ``fsdp_offload_params`` (weights, gradients and AdamW state in CPU memory, computed on the
+    GPU a layer at a time) apply as with several, as in accelerate itself."""
     if parallelism == "auto":
         return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in _TRUE
     return parallelism == "fsdp"
@@ -144,6 +150,8 @@ def shard_for_training(
 
     opts = fsdp_options()
     device = next(model.parameters()).device
+    if not dist.active and not td.is_initialized():
+        _single_process_group(device)
     train = copy.deepcopy(model)
     if compute_dtype is not None:
         train.float()  # fp32 shards; compute in compute_dtype
@@ -165,6 +173,13 @@ def shard_for_training(
             unit.set_gradient_divide_factor(1.0)
             unit.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
     return train
+
+
+def _single_process_group(device: torch.device) -> None:
+    """A process group of one (FSDP's device mesh needs one), torn down at exit."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    td.init_process_group(backend, store=td.HashStore(), rank=0, world_size=1)
+    atexit.register(lambda: td.is_initialized() and td.destroy_process_group())
 
 
 def is_sharded(model: nn.Module) -> bool:

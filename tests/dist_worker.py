@@ -37,7 +37,10 @@ def run_update(batch_file: str, model_dir: str, out: str, overrides: str) -> Non
     metrics = trainer.update(policy, optimizer, batch, config, rng, dist=dist, model=trained)
     # under FSDP, policy.model is the rollout copy: its weights must be the updated ones
     if dist.main:
-        torch.save({"state": policy.model.state_dict(), "metrics": metrics}, out)
+        state = policy.model.state_dict()
+        torch.save(
+            {"state": state, "metrics": metrics, "sharded": sharding.is_sharded(trained)}, out
+        )
     dist.close()
 
 

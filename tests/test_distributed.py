@@ -31,16 +31,17 @@ FSDP_CONFIG = Path(__file__).resolve().parent.parent / "templates" / "accelerate
 
 
 def launch(
-    *args: str, timeout: int = 300, fsdp: bool = False, env: dict | None = None
+    *args: str, timeout: int = 300, fsdp: bool = False, env: dict | None = None, processes=2
 ) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node 2 tests/dist_worker.py ARGS`` (gloo, CPU), or
     with ``fsdp`` ``accelerate launch --config_file templates/accelerate/fsdp.yaml ...``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(WORKER), *args]  # fmt: skip
+           str(processes), str(WORKER), *args]  # fmt: skip
     if fsdp:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(FSDP_CONFIG), "--main_process_port", "0", str(WORKER), *args]  # fmt: skip
+               str(FSDP_CONFIG), "--num_processes", str(processes), "--main_process_port", "0",
+               str(WORKER), *args]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -66,10 +67,18 @@ def test_shards_cover_every_item_once():
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
-def test_two_processes_take_the_single_process_update(tmp_path, data_file, parallelism):
+@pytest.mark.parametrize(
+    "parallelism, processes", [("ddp", 2), ("fsdp", 2), ("accelerate-fsdp", 1)]
+)
+def test_two_processes_take_the_single_process_update(tmp_path, data_file, parallelism, processes):
+    """2 processes (DDP or FSDP) take the single-process step; so does FSDP over one process,
+    chosen by ``accelerate launch --num_processes 1`` with the FSDP config."""
+    launched = parallelism.startswith("accelerate")
+    if launched:
+        pytest.importorskip("accelerate")
     overrides = [
-        f"train.parallelism={parallelism}", f"data.path={data_file}", "rollout.group_size=4",
+        f"train.parallelism={'auto' if launched else parallelism}", f"data.path={data_file}",
+        "rollout.group_size=4",
         "rollout.max_new_tokens=12",
         "algorithm.overlong_cache_len=4", "train.train_batch_size=6", "train.gen_batch_size=6",
         "train.mini_batch_size=3",
@@ -81,7 +90,7 @@ def test_two_processes_take_the_single_process_update(tmp_path, data_file, paral
     ]  # fmt: skip
     config = load_config(None, overrides)
     model_dir = embedded_base("tiny-1m")
-    policy = load_policy(str(model_dir))
+    policy = load_policy(str(model_dir), device="cpu")  # as the launched processes (no GPU)
     samples = [json.loads(line) for line in data_file.read_text().splitlines()]
     stream = trainer.PromptStream(samples, seed=0)
     batch = trainer.collect_batch(policy, stream, config, torch.Generator().manual_seed(0))
@@ -101,8 +110,10 @@ def test_two_processes_take_the_single_process_update(tmp_path, data_file, paral
     # (FSDP here keeps each layer gathered from forward to backward; the accelerate test below
     # runs the default, resharding after the forward)
     launch("update", str(tmp_path / "batch.pt"), str(model_dir), str(out), json.dumps(overrides),
-           env={"FSDP_RESHARD_AFTER_FORWARD": "false"})  # fmt: skip
+           env={"FSDP_RESHARD_AFTER_FORWARD": "false"}, processes=processes,
+           fsdp=launched)  # fmt: skip
     two = torch.load(out, weights_only=False)
+    assert two["sharded"] == (parallelism != "ddp")
     after = policy.model.state_dict()
     step_one = torch.cat([(after[k] - before[k]).flatten() for k in before])
     step_two = torch.cat([(two["state"][k] - before[k]).flatten() for k in before])
@@ -205,9 +216,11 @@ def test_fsdp_is_chosen_by_accelerate_or_the_config_and_reads_its_settings(monke
         monkeypatch.delenv(name, raising=False)
     two = Dist(rank=0, world=2)
     assert not sharding.wants_fsdp("auto", two) and sharding.wants_fsdp("fsdp", two)
-    assert not sharding.wants_fsdp("fsdp", Dist())  # one process: nothing to shard
+    one = Dist()  # FSDP over one process too (accelerate launch --num_processes 1)
+    assert sharding.wants_fsdp("fsdp", one) and not sharding.wants_fsdp("auto", one)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets
     assert sharding.wants_fsdp("auto", two) and not sharding.wants_fsdp("ddp", two)
+    assert sharding.wants_fsdp("auto", one)
     assert sharding.fsdp_options() == {
         "reshard_after_forward": True, "offload_params": False, "activation_checkpointing": False
     }  # fmt: skip
