@@ -125,8 +125,9 @@ class TrainConfig:
     seed: int = _f(0, "Seed for data order, sampling and initialisation.")
     parallelism: str = _f(
         "auto",
-        "With several processes: ddp (every rank holds the whole model) or fsdp (parameters, "
-        "gradients and optimiser state sharded); auto = fsdp under an accelerate FSDP config.",
+        "ddp (every process holds the whole model) or fsdp (parameters, gradients and "
+        "optimiser state sharded over the processes; with one, a group of one, e.g. for CPU "
+        "offload on one GPU); auto = fsdp under an accelerate FSDP config, else ddp.",
         choices=("auto", "ddp", "fsdp"),
     )
 
