@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--micro", type=int, default=32, help="responses per forward/backward")
     p.add_argument("--steps", type=int, default=3, help="DAPO steps; the first is warm-up")
     p.add_argument("--skip", nargs="*", default=[], help="parts to skip: matmul rollout step")
+    p.add_argument(
+        "--profile", default=None,
+        help="after the DAPO steps, profile one more generation batch (torch.profiler) and "
+        "write its top operators and kernels, by host and by device time, to this file",
+    )  # fmt: skip
     p.add_argument("--models-dir", default=None, help="where models are built (default: temp)")
     p.add_argument("--output", default=None, help="also write the results as JSON here")
     p.add_argument("--quick", action="store_true", help="smoke run")
@@ -127,6 +132,25 @@ def timed_ours(policy, ids, mask, stop_ids, max_new, seed) -> tuple[float, int]:
     return dt, int(r.response_mask.sum())
 
 
+def timed_ours_new_prompts(policy, prompts, group, stop_ids, max_new, seed) -> tuple[float, int]:
+    """As ``collect_batch`` samples: each prompt encoded once, ``repeat=group`` (the G copies
+    share its prefill), and, unlike the other runners, other prompts on every call (so
+    another padded prompt length, as from one training step to the next)."""
+    from dapo_cli.rollout import sample
+
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    with torch.inference_mode():
+        t0 = clock()
+        ids, mask = policy.encode(prompts)
+        r = sample(
+            policy.model, ids, mask, max_new_tokens=max_new, eos_token_ids=stop_ids,
+            pad_token_id=policy.pad_id, temperature=1.0, top_p=1.0, generator=gen,
+            repeat=group,
+        )  # fmt: skip
+        dt = clock() - t0
+    return dt, int(r.response_mask.sum())
+
+
 def timed_generate(policy, ids, mask, stop_ids, max_new, seed) -> tuple[float, int]:
     torch.manual_seed(seed)
     with torch.inference_mode():
@@ -146,9 +170,19 @@ def bench_rollouts(name: str, policy, args, peaks: dict[str, float]) -> list[dic
     rows = []
     for batch in args.batches:
         group = 8 if batch % 8 == 0 else 1
-        ids, mask = policy.encode(prompts_for(batch // group), repeat=group)
+        n = batch // group
+        pool = prompts_for(n * (args.repeats + 2))  # fresh prompts for every new-prompts call
+        ids, mask = policy.encode(pool[:n], repeat=group)
         prompt_len = int(mask.sum()) / ids.size(0)
-        runners = {"ours": timed_ours, "generate": timed_generate}
+        calls = itertools.count(1)
+
+        def new_prompts(policy, ids, mask, stop_ids, max_new, seed, calls=calls, pool=pool,
+                        n=n, group=group):  # fmt: skip
+            i = next(calls) % (args.repeats + 2)
+            chunk = pool[i * n : (i + 1) * n]
+            return timed_ours_new_prompts(policy, chunk, group, stop_ids, max_new, seed)
+
+        runners = {"ours": timed_ours, "generate": timed_generate, "ours_new_prompts": new_prompts}
         res: dict[str, list[tuple[float, int]]] = {k: [] for k in runners}
         for fn in runners.values():
             fn(policy, ids, mask, stop_ids, args.max_new_tokens, 10_000)
@@ -164,6 +198,7 @@ def bench_rollouts(name: str, policy, args, peaks: dict[str, float]) -> list[dic
         rows.append({
             "model": name, "dtype": dtype, "batch": ids.size(0), "prompt_len_mean": prompt_len,
             "params": shape["params"], "ours": med["ours"], "generate": med["generate"],
+            "ours_new_prompts": med["ours_new_prompts"],
             "tps_ratio": med["ours"]["tokens_per_s"] / med["generate"]["tokens_per_s"],
             "ours_tflops": achieved, "of_peak": achieved / peaks.get(dtype, float("nan")),
         })  # fmt: skip
@@ -217,6 +252,8 @@ def bench_steps(model_dir: Path, args) -> dict[str, Any]:
         steps.append({k: m[k] for k in ("step_time", "gen_time", "tokens_generated",
                                         "rows_skipped", "loss")})  # fmt: skip
         print(json.dumps(steps[-1]), flush=True)
+    if args.profile:
+        profile_generation(policy, stream, config, generator, Path(args.profile))
     moved = sum(int((p.detach() != before[n]).sum()) for n, p in policy.model.named_parameters())
     total = sum(p.numel() for p in policy.model.parameters())
     timed = steps[1:] or steps
@@ -231,6 +268,28 @@ def bench_steps(model_dir: Path, args) -> dict[str, Any]:
         "peak_mem_loaded_mib": loaded, "peak_mem_mib": peak_mib(),
         "rollout_weights_moved": moved / total,
     }  # fmt: skip
+
+
+def profile_generation(policy, stream, config, generator, out: Path) -> None:
+    """One ``collect_batch`` under ``torch.profiler``: where a training step's generation
+    spends host and device time (which attention kernels ran, how often the host waited)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dapo_cli.trainer import collect_batch
+
+    activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (DEVICE == "cuda")
+    with profile(activities=activities) as prof:
+        collect_batch(policy, stream, config, generator)
+        clock()
+    events = prof.key_averages()
+    device_key = "device_time_total" if DEVICE == "cuda" else "cpu_time_total"
+    out.write_text(
+        "by host time (self)\n"
+        + events.table(sort_by="self_cpu_time_total", row_limit=40)
+        + f"\nby {device_key}\n"
+        + events.table(sort_by=device_key, row_limit=40)
+    )
+    print(f"profile of one generation batch written to {out}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,12 +357,14 @@ def print_summary(result: dict[str, Any]) -> None:
         mm = result["matmul_tflops"]
         print("matmul peak: " + ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in mm.items()))
     if result.get("rollouts"):
-        print("| model | dtype | rows | ours tok/s | generate tok/s | ours/generate | of peak |")
-        print("|---|---|---|---|---|---|---|")
+        print("| model | dtype | rows | ours tok/s | generate tok/s | ours/generate | of peak "
+              "| ours, new prompts each call, tok/s |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
         for r in result["rollouts"]:
             print(f"| {r['model']} | {r['dtype']} | {r['batch']} | "
                   f"{r['ours']['tokens_per_s']:.0f} | {r['generate']['tokens_per_s']:.0f} | "
-                  f"{r['tps_ratio']:.2f} | {100 * r['of_peak']:.2f}% |")  # fmt: skip
+                  f"{r['tps_ratio']:.2f} | {100 * r['of_peak']:.2f}% | "
+                  f"{r['ours_new_prompts']['tokens_per_s']:.0f} |")  # fmt: skip
     if "dapo_step" in result:
         s = result["dapo_step"]
         print(f"DAPO step, {s['params'] / 1e6:.0f}M params, policy {s['policy_dtype']}, master "

@@ -30,7 +30,8 @@ for offload in false true; do
   done_ "fsdp (offload $offload)" $?
   grep -E "FSDP|step +[0-9]|Error" "$OUT/fsdp_$offload.log"
 done
-timeout 600 $PY benchmarks/bench_gpu.py --output "$OUT/bench_gpu.json" > "$OUT/bench_gpu.log" 2>&1
+timeout 600 $PY benchmarks/bench_gpu.py --output "$OUT/bench_gpu.json" \
+    --profile "$OUT/profile_generation.txt" > "$OUT/bench_gpu.log" 2>&1
 done_ "bench_gpu" $?; tail -12 "$OUT/bench_gpu.log"
 [ "${SKIP_TESTS:-0}" = 1 ] && exit 0
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
