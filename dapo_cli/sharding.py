@@ -23,7 +23,9 @@ Memory per rank, in units of the model's fp32 weights: DDP holds 4 (weights, gra
 AdamW moments); FSDP holds 1 (the rollout copy; 0.5 in bf16) + 4/world, plus one gathered
 layer at a time; with ``fsdp_offload_params`` on a GPU the 4/world lie in CPU memory. One
 process with an FSDP config (``accelerate launch --num_processes 1``) runs FSDP over a group of
-one: a single GPU can then train a model whose fp32 weights and AdamW state exceed its memory.
+one: a single GPU can then train a model whose fp32 weights, gradients and AdamW state exceed
+its memory, as long as the rollout copy fits (and, while the model is sharded at the start,
+one fp32 copy beside it).
 """
 
 from __future__ import annotations
