@@ -31,6 +31,8 @@ from typing import Any
 import torch
 import torch.distributed as td
 
+from dapo_cli.errors import DapoError
+
 GRAD_BUCKET_BYTES = 32 * 2**20  # gradients all-reduced together (DDP's default is 25 MiB)
 
 
@@ -153,6 +155,13 @@ def from_env() -> Dist:
     if not td.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
+            gpus = torch.cuda.device_count()
+            if local_rank >= gpus:  # NCCL needs a GPU of its own per process
+                raise DapoError(
+                    f"process {local_rank} of this machine has no GPU of its own ({gpus} "
+                    f"visible): launch at most {gpus} process(es) per machine, or hide the "
+                    "GPUs (CUDA_VISIBLE_DEVICES=) to train on CPU processes"
+                )
             torch.cuda.set_device(local_rank)
         td.init_process_group(backend, timeout=timedelta(minutes=60))
     return Dist(rank=td.get_rank(), world=td.get_world_size(), local_rank=local_rank)

@@ -231,3 +231,19 @@ def test_fsdp_is_chosen_by_accelerate_or_the_config_and_reads_its_settings(monke
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(DapoError, match="supports FSDP2 only"):
         sharding.fsdp_options()
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    """NCCL needs a GPU per process: the second process on a one-GPU machine stops with a
+    message that says what to do, before any process group is made."""
+    from dapo_cli import distributed
+    from dapo_cli.errors import DapoError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("must not be reached"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(DapoError, match=r"process 1 .* \(1 visible\).*at most 1 process"):
+        distributed.from_env()
+    assert not torch.distributed.is_initialized()
