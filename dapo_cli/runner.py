@@ -195,6 +195,7 @@ def run_training(
             )
         source, warm = str(embedded), False
     policy = load_policy(source, device=_device(config, dist), dtype=config.model.dtype)
+    observer.message(_model_line(source, policy, dist))
     if warm:
         _supervise(policy, samples, config, observer)
     dist.broadcast_params(policy.model)
@@ -317,6 +318,23 @@ def run_training(
         tensorboard.close()
     dist.close()  # every rank leaves together (see Dist.close)
     return TrainResult(run_id, status, step, final_dir, db_path, history)
+
+
+def _model_line(source: str, policy: Policy, dist: Dist) -> str:
+    """What trains where: e.g. ``model: Qwen/Qwen2.5-0.5B (494.0M parameters, bfloat16) on
+    cuda:0 (NVIDIA H100 80GB HBM3)``."""
+    device = policy.device
+    if device.type == "cuda":
+        where = f"{device} ({torch.cuda.get_device_name(device)})"
+    elif device.type == "cpu":
+        threads = torch.get_num_threads()
+        where = f"cpu ({threads} thread{'s' if threads != 1 else ''})"
+    else:
+        where = str(device)
+    n = sum(p.numel() for p in policy.model.parameters())
+    dtype = str(policy.model.dtype).removeprefix("torch.")
+    each = f" x {dist.world} processes" if dist.active else ""
+    return f"model: {source} ({n / 1e6:.1f}M parameters, {dtype}) on {where}{each}"
 
 
 def _device(config: Config, dist: Dist):

@@ -3,6 +3,7 @@ checkpoints load with plain transformers, resume reproduces an uninterrupted run
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -193,6 +194,7 @@ def test_cli_train_runs_and_bad_flags_fail_before_work(tmp_path, data_file):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "step    2" in result.output and "dapo_final" in result.output
+    assert re.search(r"model: \S+tiny-1m \(1\.0M parameters, float32\) on cpu", result.output)
     bad = runner.invoke(app, [*args, "--set", "train.lrr=1"])
     assert bad.exit_code == 1
     assert bad.stderr.strip().splitlines() == [
