@@ -7,7 +7,10 @@ Needs a CUDA GPU (exits with a message otherwise). In one process it measures:
 2. **Rollout** on the GPU: ``dapo_cli.rollout.sample`` ("ours") against ``model.generate``
    (same model object, prompts, batch, ``max_new_tokens``; EOS disabled, so every row
    generates exactly ``max_new_tokens``; both under ``torch.inference_mode()``; one warm-up
-   each, then alternating repeats; CUDA synchronised before each clock read). Models: the
+   each, then alternating repeats; CUDA synchronised before each clock read). Two more rows
+   sample as a training step does, with other prompts on every call (``repeat=G``), once as
+   ``dapo train`` runs (SDPA's cuDNN backend off, see ``rollout.AVOID_CUDNN_ATTENTION``) and
+   once with it allowed. Models: the
    embedded ``tiny-10m`` (fp32) and a random-init Qwen2.5-0.5B-shaped model (bf16, the dtype
    ``model.dtype=auto`` picks on a bf16-capable GPU), at several batch sizes.
 3. **DAPO steps** of the 0.5B-shaped model in bf16 (``trainer.rollout_step``: sample, score,
@@ -182,7 +185,17 @@ def bench_rollouts(name: str, policy, args, peaks: dict[str, float]) -> list[dic
             chunk = pool[i * n : (i + 1) * n]
             return timed_ours_new_prompts(policy, chunk, group, stop_ids, max_new, seed)
 
-        runners = {"ours": timed_ours, "generate": timed_generate, "ours_new_prompts": new_prompts}
+        def new_prompts_cudnn(*a, **k):  # the same, with SDPA's cuDNN backend allowed
+            from dapo_cli import rollout
+
+            rollout.AVOID_CUDNN_ATTENTION = False
+            try:
+                return new_prompts(*a, **k)
+            finally:
+                rollout.AVOID_CUDNN_ATTENTION = True
+
+        runners = {"ours": timed_ours, "generate": timed_generate, "ours_new_prompts": new_prompts,
+                   "ours_new_prompts_cudnn": new_prompts_cudnn}  # fmt: skip
         res: dict[str, list[tuple[float, int]]] = {k: [] for k in runners}
         for fn in runners.values():
             fn(policy, ids, mask, stop_ids, args.max_new_tokens, 10_000)
@@ -199,6 +212,7 @@ def bench_rollouts(name: str, policy, args, peaks: dict[str, float]) -> list[dic
             "model": name, "dtype": dtype, "batch": ids.size(0), "prompt_len_mean": prompt_len,
             "params": shape["params"], "ours": med["ours"], "generate": med["generate"],
             "ours_new_prompts": med["ours_new_prompts"],
+            "ours_new_prompts_cudnn": med["ours_new_prompts_cudnn"],
             "tps_ratio": med["ours"]["tokens_per_s"] / med["generate"]["tokens_per_s"],
             "ours_tflops": achieved, "of_peak": achieved / peaks.get(dtype, float("nan")),
         })  # fmt: skip
@@ -358,13 +372,14 @@ def print_summary(result: dict[str, Any]) -> None:
         print("matmul peak: " + ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in mm.items()))
     if result.get("rollouts"):
         print("| model | dtype | rows | ours tok/s | generate tok/s | ours/generate | of peak "
-              "| ours, new prompts each call, tok/s |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|")
+              "| ours, new prompts each call, tok/s | the same, cuDNN allowed |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in result["rollouts"]:
             print(f"| {r['model']} | {r['dtype']} | {r['batch']} | "
                   f"{r['ours']['tokens_per_s']:.0f} | {r['generate']['tokens_per_s']:.0f} | "
                   f"{r['tps_ratio']:.2f} | {100 * r['of_peak']:.2f}% | "
-                  f"{r['ours_new_prompts']['tokens_per_s']:.0f} |")  # fmt: skip
+                  f"{r['ours_new_prompts']['tokens_per_s']:.0f} | "
+                  f"{r['ours_new_prompts_cudnn']['tokens_per_s']:.0f} |")  # fmt: skip
     if "dapo_step" in result:
         s = result["dapo_step"]
         print(f"DAPO step, {s['params'] / 1e6:.0f}M params, policy {s['policy_dtype']}, master "

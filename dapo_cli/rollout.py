@@ -10,6 +10,8 @@ and re-tokenised text). The log-probs are those of the temperature-scaled distri
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -150,6 +152,39 @@ def _keep_logits_kwargs(model, n: int) -> dict:
     return {}
 
 
+# On CUDA, sampling keeps SDPA off its cuDNN backend. Recent PyTorch prefers cuDNN's attention
+# on Hopper/Blackwell GPUs for bf16/fp16, and cuDNN builds an execution plan for every new
+# shape; decoding meets a new key length at every token, and every training step brings other
+# prompts (other padded lengths), so the plans are rarely reused. On an H100, generation
+# inside a DAPO step ran 4x slower than the same sample() on prompts it had already seen
+# (benchmarks/README.md, "GPU"); these plans are the likely cause, not yet confirmed by a
+# profile (bench_gpu.py measures both ways). Flash, memory-efficient and math attention
+# need no plan.
+AVOID_CUDNN_ATTENTION = True
+
+
+def attention_backends(device: torch.device):
+    """The SDPA backends sampling allows on ``device`` (a context manager): all but cuDNN's
+    on CUDA while AVOID_CUDNN_ATTENTION holds; the default everywhere else."""
+    if device.type != "cuda" or not AVOID_CUDNN_ATTENTION:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )
+
+
+def _with_sampling_attention(fn):
+    @functools.wraps(fn)
+    def wrapper(model, prompt_ids: torch.Tensor, *args, **kwargs):
+        with attention_backends(prompt_ids.device):
+            return fn(model, prompt_ids, *args, **kwargs)
+
+    return wrapper
+
+
+@_with_sampling_attention
 @torch.no_grad()
 def sample(
     model,

@@ -177,3 +177,32 @@ def test_other_architectures_decode_with_their_own_forward():
     m = r.response_mask.bool()
     assert r.response_ids.size(0) == 6
     assert torch.allclose(sequence_logprobs(net, r)[m], r.logprobs[m], atol=1e-5)
+
+
+def test_sampling_keeps_sdpa_off_cudnn_on_cuda(model, monkeypatch):
+    """On CUDA, sampling runs without SDPA's cuDNN backend (a plan per new shape); elsewhere,
+    and afterwards, the backends are left as they were."""
+    from dapo_cli import rollout
+
+    cuda = torch.backends.cuda
+    before = (cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled())
+    with rollout.attention_backends(torch.device("cuda")):
+        assert not cuda.cudnn_sdp_enabled()
+        assert cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled()
+    with rollout.attention_backends(torch.device("cpu")):
+        assert cuda.cudnn_sdp_enabled() == before[0]
+    monkeypatch.setattr(rollout, "AVOID_CUDNN_ATTENTION", False)
+    with rollout.attention_backends(torch.device("cuda")):
+        assert cuda.cudnn_sdp_enabled() == before[0]
+    assert (
+        cuda.cudnn_sdp_enabled(),
+        cuda.flash_sdp_enabled(),
+        cuda.mem_efficient_sdp_enabled(),
+    ) == before
+
+    seen = []
+    real = rollout.attention_backends
+    monkeypatch.setattr(rollout, "attention_backends", lambda d: seen.append(d) or real(d))
+    ids, mask = prompts()
+    sample(model, ids, mask, max_new_tokens=2, eos_token_ids=[EOS], pad_token_id=PAD)
+    assert seen == [ids.device]
