@@ -94,12 +94,13 @@ def prepare_trained(
     model: nn.Module,
     dist: Dist,
     *,
-    parallelism: str = "auto",
+    parallelism: str = "ddp",
     gradient_checkpointing: bool = False,
     fp32_weights: nn.Module | None = None,
 ) -> nn.Module:
     """The module the optimiser will update: ``model`` itself (fp32, no FSDP), an fp32 copy
-    (``model`` in bf16/fp16), or a sharded copy (FSDP). ``fp32_weights``: a float32 load of
+    (``model`` in bf16/fp16), or a sharded copy (FSDP, when ``parallelism`` asks for it: the
+    default never shards; ``auto`` follows accelerate's environment, see ``wants_fsdp``). ``fp32_weights``: a float32 load of
     the same checkpoint, used for the master weights instead of upcasting ``model``'s (a
     resumed run keeps the precision it saved)."""
     low = _dtype(model) != torch.float32
