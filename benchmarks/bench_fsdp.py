@@ -31,39 +31,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scaling import build_qwen05b, rss_mib  # noqa: E402
+from bench_scaling import DapoSteps, bench_config, build_qwen05b, rss_mib  # noqa: E402
 
 WORKER_FLAG = "--worker"
 
 
 def worker(spec: dict[str, Any]) -> None:
     """One rank of one mode (run under torch.distributed.run)."""
-    import itertools
-    import random
-
-    import torch
-
     from dapo_cli import sharding
-    from dapo_cli.config import load_config
-    from dapo_cli.datagen import generate_dataset
     from dapo_cli.distributed import from_env
     from dapo_cli.policy import load_policy
-    from dapo_cli.rewards import register_verifier
-    from dapo_cli.tasks.base import Score
-    from dapo_cli.trainer import PromptStream, lr_lambda, rollout_step
 
-    flips = itertools.count()
-    register_verifier("bench-alt", lambda sample, text: Score.binary(next(flips) % 2 == 0))
     dist = from_env()
-    G, length, prompts = spec["group"], spec["length"], spec["prompts"]
-    config = load_config(None, [
-        f"rollout.group_size={G}", f"rollout.max_new_tokens={length}",
-        f"algorithm.overlong_cache_len={max(length // 8, 1)}",
-        "algorithm.dynamic_sampling=false", "algorithm.overlong_filtering=false",
-        f"train.train_batch_size={prompts}", f"train.mini_batch_size={prompts}",
-        f"train.micro_batch_size={spec['micro']}", "train.warmup_steps=0",
-        f"train.parallelism={spec['mode']}",
-    ])  # fmt: skip
+    config = bench_config(spec["group"], spec["length"], spec["prompts"], spec["micro"],
+                          f"train.parallelism={spec['mode']}")  # fmt: skip
     policy = load_policy(spec["model_dir"])
     dist.broadcast_params(policy.model)
     trained = sharding.prepare_trained(
@@ -72,19 +53,11 @@ def worker(spec: dict[str, Any]) -> None:
         parallelism=config.train.parallelism,
         gradient_checkpointing=spec["checkpointing"],
     )
-    data = generate_dataset(max(64, prompts * spec["steps"]), ["math"], seed=0, test_fraction=0.0)
-    data = [{**d, "task_type": "bench-alt"} for d in data]
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=config.train.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    stream = PromptStream(data, seed=0)
-    generator = torch.Generator().manual_seed(dist.rank)
-    rng = random.Random(0)
+    runner = DapoSteps(policy, trained, config, spec["steps"], "alternate", dist)
     rss_loaded = rss_mib()
     steps = []
     for _ in range(spec["steps"]):
-        m = rollout_step(
-            policy, optimizer, scheduler, stream, config, generator, rng, None, dist, trained
-        )
+        m = runner.step()
         steps.append({k: m[k] for k in ("step_time", "gen_time", "rows_skipped")})
     mine = {"rank": dist.rank, "rss_loaded_mib": rss_loaded, "rss_peak_mib": rss_mib(),
             "steps": steps}  # fmt: skip

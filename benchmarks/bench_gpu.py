@@ -36,7 +36,6 @@ import argparse
 import itertools
 import json
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -50,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_rollout import count_generate_tokens, model_shape, prompts_for, rollout_flops  # noqa: E402
-from bench_scaling import build_qwen05b  # noqa: E402
+from bench_scaling import DapoSteps, bench_config, build_qwen05b  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -224,25 +223,12 @@ def bench_rollouts(name: str, policy, args, peaks: dict[str, float]) -> list[dic
 
 
 def bench_steps(model_dir: Path, args) -> dict[str, Any]:
-    from dapo_cli.config import load_config
-    from dapo_cli.datagen import generate_dataset
     from dapo_cli.distributed import SINGLE
     from dapo_cli.policy import load_policy
-    from dapo_cli.rewards import register_verifier
     from dapo_cli.sharding import prepare_trained
-    from dapo_cli.tasks.base import Score
-    from dapo_cli.trainer import PromptStream, lr_lambda, rollout_step
 
-    flips = itertools.count()
-    register_verifier("bench-coin", lambda sample, text: Score.binary(next(flips) % 2 == 0))
     G, length = args.group, args.max_new_tokens
-    config = load_config(None, [
-        f"rollout.group_size={G}", f"rollout.max_new_tokens={length}",
-        f"algorithm.overlong_cache_len={max(length // 8, 1)}",
-        "algorithm.dynamic_sampling=false", "algorithm.overlong_filtering=false",
-        f"train.train_batch_size={args.prompts}", f"train.mini_batch_size={args.prompts}",
-        f"train.micro_batch_size={args.micro}", "train.warmup_steps=0", "train.lr=1e-6",
-    ])  # fmt: skip
+    config = bench_config(G, length, args.prompts, args.micro, "train.lr=1e-6")
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
     dtype = "auto" if DEVICE == "cuda" else "bfloat16"  # auto: bf16 on a bf16-capable GPU
@@ -250,24 +236,16 @@ def bench_steps(model_dir: Path, args) -> dict[str, Any]:
     trained = prepare_trained(policy.model, SINGLE, gradient_checkpointing=True)
     loaded = peak_mib()
     before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
-    data = generate_dataset(max(64, args.prompts * args.steps), ["math"], seed=0,
-                            test_fraction=0.0)  # fmt: skip
-    data = [{**d, "task_type": "bench-coin"} for d in data]
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=config.train.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    stream = PromptStream(data, seed=0)
-    generator = torch.Generator(device=DEVICE).manual_seed(0)
-    rng = random.Random(0)
+    runner = DapoSteps(policy, trained, config, args.steps, "alternate")
     steps = []
     for _ in range(args.steps):
-        m = rollout_step(policy, optimizer, scheduler, stream, config, generator, rng,
-                         model=trained)  # fmt: skip
+        m = runner.step()
         clock()
         steps.append({k: m[k] for k in ("step_time", "gen_time", "tokens_generated",
                                         "rows_skipped", "loss")})  # fmt: skip
         print(json.dumps(steps[-1]), flush=True)
     if args.profile:
-        profile_generation(policy, stream, config, generator, Path(args.profile))
+        profile_generation(policy, runner.stream, config, runner.generator, Path(args.profile))
     moved = sum(int((p.detach() != before[n]).sum()) for n, p in policy.model.named_parameters())
     total = sum(p.numel() for p in policy.model.parameters())
     timed = steps[1:] or steps

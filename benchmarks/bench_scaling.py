@@ -84,48 +84,78 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    import itertools
-    import random
-
-    import torch
-
+def bench_config(group: int, length: int, prompts: int, micro: int, *extra: str):
+    """The benchmarks' DAPO settings: one mini-batch of ``prompts`` × ``group`` responses,
+    dynamic sampling and overlong filtering off (a random model's responses are all
+    truncated), no warm-up; ``extra``: more ``section.key=value`` overrides."""
     from dapo_cli.config import load_config
-    from dapo_cli.datagen import generate_dataset
-    from dapo_cli.models import enable_gradient_checkpointing
-    from dapo_cli.policy import load_policy
-    from dapo_cli.rewards import register_verifier
-    from dapo_cli.tasks.base import Score
-    from dapo_cli.trainer import PromptStream, lr_lambda, rollout_step
 
-    if spec.get("reward") == "alternate":  # every other response wins: each group half/half
-        flips = itertools.count()
-        register_verifier("bench-coin", lambda sample, text: Score.binary(next(flips) % 2 == 0))
-    else:  # even text length wins
-        register_verifier("bench-coin", lambda sample, text: Score.binary(len(text) % 2 == 0))
-
-    G, length, prompts = spec["group"], spec["length"], spec["prompts"]
-    config = load_config(None, [
-        f"rollout.group_size={G}", f"rollout.max_new_tokens={length}",
+    return load_config(None, [
+        f"rollout.group_size={group}", f"rollout.max_new_tokens={length}",
         f"algorithm.overlong_cache_len={max(length // 8, 1)}",
         "algorithm.dynamic_sampling=false", "algorithm.overlong_filtering=false",
         f"train.train_batch_size={prompts}", f"train.mini_batch_size={prompts}",
-        f"train.micro_batch_size={spec['micro']}", "train.warmup_steps=0",
+        f"train.micro_batch_size={micro}", "train.warmup_steps=0", *extra,
     ])  # fmt: skip
+
+
+class DapoSteps:
+    """Full DAPO steps (``trainer.rollout_step``: sample, score, update ``trained``) on
+    generated medium math prompts whose task is the coin ``reward``: ``alternate`` (every
+    other response wins: each group half/half) or ``length`` (an even number of characters
+    wins). Sampling draws from a generator on the policy's device, seeded ``rank``."""
+
+    def __init__(self, policy, trained, config, n_steps: int, reward: str = "length", dist=None):
+        import itertools
+        import random
+
+        import torch
+
+        from dapo_cli.datagen import generate_dataset
+        from dapo_cli.distributed import SINGLE
+        from dapo_cli.rewards import register_verifier
+        from dapo_cli.tasks.base import Score
+        from dapo_cli.trainer import PromptStream, lr_lambda
+
+        if reward == "alternate":
+            flips = itertools.count()
+            register_verifier("bench-coin", lambda s, text: Score.binary(next(flips) % 2 == 0))
+        else:
+            register_verifier("bench-coin", lambda s, text: Score.binary(len(text) % 2 == 0))
+        n = max(64, config.train.train_batch_size * n_steps)
+        data = generate_dataset(n, ["math"], seed=0, test_fraction=0.0)
+        self.policy, self.trained, self.config = policy, trained, config
+        self.dist = dist or SINGLE
+        self.optimizer = torch.optim.AdamW(trained.parameters(), lr=config.train.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        self.stream = PromptStream([{**d, "task_type": "bench-coin"} for d in data], seed=0)
+        self.generator = torch.Generator(device=policy.device).manual_seed(self.dist.rank)
+        self.rng = random.Random(0)
+
+    def step(self) -> dict[str, float]:
+        from dapo_cli.trainer import rollout_step
+
+        return rollout_step(
+            self.policy, self.optimizer, self.scheduler, self.stream, self.config,
+            self.generator, self.rng, None, self.dist, self.trained,
+        )  # fmt: skip
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    from dapo_cli.distributed import SINGLE
+    from dapo_cli.policy import load_policy
+    from dapo_cli.sharding import prepare_trained
+
+    config = bench_config(spec["group"], spec["length"], spec["prompts"], spec["micro"])
     policy = load_policy(spec["model_dir"])
-    if spec.get("gradient_checkpointing"):
-        enable_gradient_checkpointing(policy.model)
-    data = generate_dataset(max(64, prompts * spec["steps"]), ["math"], seed=0, test_fraction=0.0)
-    data = [{**d, "task_type": "bench-coin"} for d in data]
-    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=config.train.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    stream = PromptStream(data, seed=0)
-    generator = torch.Generator().manual_seed(0)
-    rng = random.Random(0)
+    trained = prepare_trained(
+        policy.model, SINGLE, gradient_checkpointing=bool(spec.get("gradient_checkpointing"))
+    )
+    runner = DapoSteps(policy, trained, config, spec["steps"], spec.get("reward", "length"))
     rss_loaded = rss_mib()
     steps = []
     for _ in range(spec["steps"]):
-        m = rollout_step(policy, optimizer, scheduler, stream, config, generator, rng)
+        m = runner.step()
         keys = ("step_time", "gen_time", "tokens_generated", "rows_skipped")
         steps.append({k: m[k] for k in keys})
     timed = steps[1:] or steps
