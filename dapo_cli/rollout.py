@@ -83,9 +83,10 @@ class Rollout:
 
     def response_texts(self, tokenizer) -> list[str]:
         """Decoded responses without special tokens (for the verifiers and for logging)."""
+        ids_all, masks = self.response_ids.cpu(), self.response_mask.bool().cpu()  # one copy
         return [
-            tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
-            for ids, mask in zip(self.response_ids, self.response_mask, strict=True)
+            tokenizer.decode(ids[mask].tolist(), skip_special_tokens=True)
+            for ids, mask in zip(ids_all, masks, strict=True)
         ]
 
 

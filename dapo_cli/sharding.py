@@ -100,9 +100,9 @@ def prepare_trained(
 ) -> nn.Module:
     """The module the optimiser will update: ``model`` itself (fp32, no FSDP), an fp32 copy
     (``model`` in bf16/fp16), or a sharded copy (FSDP, when ``parallelism`` asks for it: the
-    default never shards; ``auto`` follows accelerate's environment, see ``wants_fsdp``). ``fp32_weights``: a float32 load of
-    the same checkpoint, used for the master weights instead of upcasting ``model``'s (a
-    resumed run keeps the precision it saved)."""
+    default never shards; ``auto`` follows accelerate's environment, see ``wants_fsdp``).
+    ``fp32_weights``: a float32 load of the same checkpoint, used for the master weights
+    instead of upcasting ``model``'s (a resumed run keeps the precision it saved)."""
     low = _dtype(model) != torch.float32
     if wants_fsdp(parallelism, dist):
         return shard_for_training(
