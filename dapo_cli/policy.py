@@ -52,10 +52,12 @@ class Policy:
         mask = enc["attention_mask"].repeat_interleave(repeat, dim=0).to(self.device)
         return ids, mask
 
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The formatted prompt's token ids, unpadded (what ``encode`` pads)."""
+        return self.tokenizer(self.format_prompt(prompt), add_special_tokens=False)["input_ids"]
+
     def prompt_length(self, prompt: str) -> int:
-        return len(
-            self.tokenizer(self.format_prompt(prompt), add_special_tokens=False)["input_ids"]
-        )
+        return len(self.prompt_ids(prompt))
 
 
 def load_policy(name_or_path=None, **kwargs) -> Policy:

@@ -38,6 +38,7 @@ from dapo_cli.sharding import (
 )
 from dapo_cli.store import Store
 from dapo_cli.trainer import PromptStream, lr_lambda, rollout_step
+from dapo_cli.vllm_engine import INSTALL_HINT, VllmEngine, vllm_available
 
 # With no data given: number puzzles (many correct answers, checked by their properties), a
 # task a ~1M-parameter model learns in minutes on a CPU and where the reward teaches more than
@@ -171,6 +172,8 @@ def run_training(
     """Train with DAPO as ``config`` says; returns where things went and the metrics.
 
     Under ``accelerate launch``/``torchrun`` every process calls this; see ``distributed``."""
+    if config.rollout.engine == "vllm" and not vllm_available():
+        raise DapoError(INSTALL_HINT)  # before any work
     dist = from_env()
     observer = observer if observer is not None and dist.main else TrainObserver()
     out_dir = Path(config.output.output_dir)
@@ -224,6 +227,7 @@ def run_training(
             "fp32 master weights"
         )
     samples = _fitting_prompts(policy, samples, config.data.max_prompt_tokens, observer)
+    engine = _rollout_engine(config, source, policy, trained, dist, observer)
     reference = None
     if config.algorithm.kl_coef > 0:
         reference = load_policy(source, device=policy.device, dtype=config.model.dtype).model
@@ -284,7 +288,7 @@ def run_training(
             while step < t.steps:
                 metrics = rollout_step(
                     policy, optimizer, scheduler, stream, config, generator, rng, reference, dist,
-                    trained,
+                    trained, engine,
                 )  # fmt: skip
                 step += 1
                 history.append(metrics)
@@ -316,6 +320,9 @@ def run_training(
         store.finish_run(run_id, status)
     if tensorboard is not None:
         tensorboard.close()
+    if engine is not None:
+        dist.barrier()  # vLLM's shutdown also ends the launcher's process group
+        engine.close()
     dist.close()  # every rank leaves together (see Dist.close)
     return TrainResult(run_id, status, step, final_dir, db_path, history)
 
@@ -335,6 +342,32 @@ def _model_line(source: str, policy: Policy, dist: Dist) -> str:
     dtype = str(policy.model.dtype).removeprefix("torch.")
     each = f" x {dist.world} processes" if dist.active else ""
     return f"model: {source} ({n / 1e6:.1f}M parameters, {dtype}) on {where}{each}"
+
+
+def _rollout_engine(config: Config, source: str, policy: Policy, trained, dist: Dist, observer):
+    """A vLLM engine over the policy when ``rollout.engine=vllm`` (None: our sampler)."""
+    if config.rollout.engine != "vllm":
+        return None
+    if is_sharded(trained) and not dist.active:
+        raise DapoError(
+            "rollout.engine=vllm with FSDP on one process is not supported (vLLM would "
+            "start its own process group); use train.parallelism=ddp, or several processes"
+        )
+    limit = config.data.max_prompt_tokens + config.rollout.max_new_tokens
+    positions = getattr(policy.model.config, "max_position_embeddings", None) or limit
+    engine = VllmEngine(
+        source,
+        policy.model,
+        seed=config.train.seed + dist.rank,
+        max_model_len=min(limit, positions),
+        memory_utilization=config.rollout.vllm_memory_utilization,
+        distributed=dist.active,
+    )
+    observer.message(
+        f"rollout: vLLM {engine.version} in this process, weights copied in after each "
+        "update; old log-probs recomputed by the policy"
+    )
+    return engine
 
 
 def _device(config: Config, dist: Dist):

@@ -32,6 +32,7 @@ from dapo_cli.policy import Policy
 from dapo_cli.rewards import score
 from dapo_cli.rollout import Rollout, sample, sequence_logprobs
 from dapo_cli.sharding import compute_context, full_value, is_sharded, sync_weights
+from dapo_cli.vllm_engine import recompute_logprobs
 
 
 class PromptStream:
@@ -103,18 +104,20 @@ def collect_batch(
     config: Config,
     generator: torch.Generator,
     dist: Dist = SINGLE,
+    engine=None,
 ) -> Batch:
     """Generate and filter until ``train_batch_size`` prompts carry signal (dynamic sampling),
     or take one batch of ``train_batch_size`` prompts as they come (dynamic sampling off).
     With several processes each samples and scores its slice of every generation batch, and
-    the slices are gathered, so every rank continues with the same global batch."""
+    the slices are gathered, so every rank continues with the same global batch.
+    ``engine``: a ``vllm_engine.VllmEngine`` to sample with (None: ``rollout.sample``)."""
     t, r, a = config.train, config.rollout, config.algorithm
     G = r.group_size
     want = t.train_batch_size
     per_batch = t.gen_batch_size if a.dynamic_sampling else want
     kept: list[tuple[Rollout, torch.Tensor]] = []
     n_kept = n_groups = n_batches = n_informative = 0
-    seen = {"reward": [], "correct": [], "length": [], "truncated": []}
+    seen = {"reward": [], "correct": [], "length": [], "truncated": [], "logprob_diff": []}
     while n_kept < want:
         if a.dynamic_sampling and t.max_num_gen_batches and n_batches >= t.max_num_gen_batches:
             if t.on_gen_cap == "continue" and n_kept > 0:
@@ -127,9 +130,11 @@ def collect_batch(
                 f"--set train.on_gen_cap=continue to train on partial batches"
             )
         samples = stream.take(per_batch)
-        rollout, reward, correct = _sample_and_score(
-            policy, samples[dist.shard(len(samples))], config, generator
+        rollout, reward, correct, diff = _sample_and_score(
+            policy, samples[dist.shard(len(samples))], config, generator, engine
         )
+        if diff is not None:
+            seen["logprob_diff"].append(diff)
         if dist.active:
             rollout, reward, correct = _gather_scored(dist, policy, rollout, reward, correct)
         n_batches += 1
@@ -172,16 +177,23 @@ def collect_batch(
         "prompts_trained": float(n_kept),
         "tokens_generated": float(lengths.sum()),
     }
+    if seen["logprob_diff"]:  # this process's rows: vLLM's log-probs against the policy's
+        stats["rollout_logprob_diff_max"] = max(seen["logprob_diff"])
     return Batch(rollout, advantages, loss_mask, stats)
 
 
 def _sample_and_score(
-    policy: Policy, samples: list[dict], config: Config, generator: torch.Generator
-) -> tuple[Rollout | None, torch.Tensor, torch.Tensor]:
-    """G responses per prompt in one batched generation, with rewards and correctness."""
+    policy: Policy, samples: list[dict], config: Config, generator: torch.Generator, engine=None
+) -> tuple[Rollout | None, torch.Tensor, torch.Tensor, float | None]:
+    """G responses per prompt in one batched generation, with rewards and correctness; with
+    a vLLM ``engine``, also the largest gap between its log-probs and the policy's."""
     if not samples:  # a rank whose slice of a small generation batch is empty
-        return None, torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+        return None, torch.zeros(0), torch.zeros(0, dtype=torch.bool), None
     r = config.rollout
+    if engine is not None:
+        rollout, diff = _engine_rollout(policy, engine, samples, config, generator)
+        reward, correct = score_responses(policy, rollout, samples, r.group_size, config)
+        return rollout, reward, correct, diff
     ids, mask = policy.encode([s["prompt"] for s in samples])  # each prompt once ...
     rollout = sample(
         policy.model,
@@ -197,7 +209,29 @@ def _sample_and_score(
         generator=generator,
     )
     reward, correct = score_responses(policy, rollout, samples, r.group_size, config)
-    return rollout, reward, correct
+    return rollout, reward, correct, None
+
+
+def _engine_rollout(policy: Policy, engine, samples, config: Config, generator):
+    """Sample with the vLLM engine; the old log-probs are then the policy model's own."""
+    r = config.rollout
+    rollout, theirs = engine.generate(
+        [policy.prompt_ids(s["prompt"]) for s in samples],
+        group_size=r.group_size,
+        max_new_tokens=r.max_new_tokens,
+        stop_ids=policy.stop_ids,
+        pad_token_id=policy.pad_id,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        generator=generator,
+        device=policy.device,
+    )
+    rollout.logprobs = recompute_logprobs(
+        policy.model, rollout, r.temperature, config.train.micro_batch_size
+    )
+    gap = (rollout.logprobs - theirs).abs() * rollout.response_mask
+    return rollout, float(gap.max()) if gap.numel() else 0.0
 
 
 def _gather_scored(dist: Dist, policy: Policy, rollout, reward, correct):
@@ -379,13 +413,19 @@ def rollout_step(
     reference=None,
     dist: Dist = SINGLE,
     model=None,
+    engine=None,
 ) -> dict[str, float]:
     """One full DAPO step; returns its metrics. ``model``: the module trained (see
-    ``update``)."""
+    ``update``); ``engine``: a vLLM engine that samples, given the new weights after the
+    update."""
     start = time.perf_counter()
-    batch = collect_batch(policy, stream, config, generator, dist)
+    batch = collect_batch(policy, stream, config, generator, dist, engine)
     gen_time = time.perf_counter() - start
     update_metrics = update(policy, optimizer, batch, config, rng, reference, dist, model)
+    if engine is not None and update_metrics["updates"]:
+        sync_start = time.perf_counter()
+        engine.load_weights(policy.model)  # the next rollout samples from the new weights
+        update_metrics["weight_sync_time"] = time.perf_counter() - sync_start
     metrics = {**batch.stats, **update_metrics}
     metrics["lr"] = optimizer.param_groups[0]["lr"]
     scheduler.step()
