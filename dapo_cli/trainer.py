@@ -77,6 +77,17 @@ class Batch:
     advantages: torch.Tensor  # (B,)
     loss_mask: torch.Tensor  # (B, T) response mask, minus truncated samples when filtering
     stats: dict[str, float] = field(default_factory=dict)
+    # rollout.logprobs are a vLLM engine's, and the update takes the policy's own log-probs
+    # as the old ones at its single pass (see one_update_per_batch)
+    engine_logprobs: bool = False
+
+
+def one_update_per_batch(config: Config) -> bool:
+    """One optimiser step per rollout batch (μ = 1, one mini-batch): the policy that sampled
+    is still the policy when the update computes its log-probs, so those (detached) are the
+    old log-probs, with no pass of their own (TRL does the same for μ = 1)."""
+    t = config.train
+    return t.ppo_epochs == 1 and t.mini_batch_size >= t.train_batch_size
 
 
 def score_responses(
@@ -179,7 +190,8 @@ def collect_batch(
     }
     if seen["logprob_diff"]:  # this process's rows: vLLM's log-probs against the policy's
         stats["rollout_logprob_diff_max"] = max(seen["logprob_diff"])
-    return Batch(rollout, advantages, loss_mask, stats)
+    engine_logprobs = engine is not None and one_update_per_batch(config)
+    return Batch(rollout, advantages, loss_mask, stats, engine_logprobs)
 
 
 def _sample_and_score(
@@ -213,7 +225,10 @@ def _sample_and_score(
 
 
 def _engine_rollout(policy: Policy, engine, samples, config: Config, generator):
-    """Sample with the vLLM engine; the old log-probs are then the policy model's own."""
+    """Sample with the vLLM engine. The old log-probs are the policy model's own, not vLLM's
+    (its kernels' numbers differ, in bf16 noticeably): recomputed here when the update makes
+    several optimiser steps per batch; else the update's own pass provides them, and
+    vLLM's stay in the rollout for the comparison (returned gap None)."""
     r = config.rollout
     rollout, theirs = engine.generate(
         [policy.prompt_ids(s["prompt"]) for s in samples],
@@ -227,6 +242,9 @@ def _engine_rollout(policy: Policy, engine, samples, config: Config, generator):
         generator=generator,
         device=policy.device,
     )
+    if one_update_per_batch(config):
+        rollout.logprobs = theirs
+        return rollout, None
     rollout.logprobs = recompute_logprobs(
         policy.model, rollout, r.temperature, config.train.micro_batch_size
     )
@@ -279,6 +297,7 @@ def update(
     n_updates = n_nonfinite = 0
     grad_norms = []
     idle = 0
+    engine_gap = 0.0  # vLLM's log-probs against the policy's, on this process's rows run
 
     for _ in range(t.ppo_epochs):
         order = list(range(n_prompts))
@@ -318,9 +337,14 @@ def update(
                     logp, entropy = sequence_logprobs(
                         model, sub, r.temperature, return_entropy=True
                     )  # (b, T) each
+                old = sub.logprobs
+                if batch.engine_logprobs:  # the policy has not moved since it sampled
+                    old = logp.detach()
+                    gap = (old - sub.logprobs).abs() * sub.response_mask
+                    engine_gap = max(engine_gap, float(gap.max()) if gap.numel() else 0.0)
                 loss, st = A.policy_loss(
                     logp,
-                    sub.logprobs,
+                    old,
                     batch.advantages[micro],
                     mask,
                     eps_low=a.eps_low,
@@ -381,6 +405,8 @@ def update(
     out["updates"] = float(n_updates)
     out["nonfinite_skipped"] = float(n_nonfinite)
     out["rows_skipped"] = idle / max(t.ppo_epochs * batch.rollout.prompt_ids.size(0), 1)
+    if batch.engine_logprobs:
+        out["rollout_logprob_diff_max"] = engine_gap
     out["mean_token_prob"] = float(
         A.masked_mean(batch.rollout.logprobs.exp(), batch.rollout.response_mask)
     )

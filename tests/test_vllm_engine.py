@@ -67,6 +67,86 @@ def test_recomputed_logprobs_are_the_samplers_own():
     assert (logp[~m] == 0).all()
 
 
+class FakeEngine:
+    """What the trainer needs of an engine, on our own sampler: the same tokens the torch path
+    would draw, and "engine" log-probs off by ``offset`` (as another engine's numerics are)."""
+
+    def __init__(self, policy, offset=0.5):
+        self.policy, self.offset, self.loads = policy, offset, 0
+
+    def generate(self, prompts, *, group_size, max_new_tokens, stop_ids, pad_token_id,
+                 temperature, top_p, top_k, generator, device):  # fmt: skip
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad_token_id] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        r = sample(self.policy.model, ids, mask, repeat=group_size, max_new_tokens=max_new_tokens,
+                   eos_token_ids=stop_ids, pad_token_id=pad_token_id, temperature=temperature,
+                   top_p=top_p, top_k=top_k, generator=generator)  # fmt: skip
+        theirs = (r.logprobs + self.offset) * r.response_mask
+        r.logprobs = torch.zeros_like(r.logprobs)
+        return r, theirs
+
+    def load_weights(self, model):
+        self.loads += 1
+
+
+def _steps_config(*extra):
+    return load_config(None, [
+        "rollout.group_size=4", "rollout.max_new_tokens=8", "algorithm.overlong_cache_len=2",
+        "algorithm.dynamic_sampling=false", "algorithm.overlong_filtering=false",
+        "train.train_batch_size=2", "train.mini_batch_size=2", "train.micro_batch_size=3",
+        "train.lr=1e-2", "train.warmup_steps=0", *extra,
+    ])  # fmt: skip
+
+
+def _one_step(config, engine, monkeypatch, policy):
+    samples = [{"task_type": "math", "prompt": f"What is {i} plus {i}?", "answer": str(2 * i)}
+               for i in range(8)]  # fmt: skip
+
+    def alternating(pol, roll, s, G, c):  # every group mixed: every row is trained
+        n = roll.response_ids.size(0)
+        return torch.tensor([1.0, -1.0] * (n // 2)), torch.tensor([True, False] * (n // 2))
+
+    monkeypatch.setattr(trainer, "score_responses", alternating)
+    torch.manual_seed(0)
+    # SGD: the weights move by the gradient itself (Adam's first step would blow a 1e-9
+    # difference in a near-zero gradient up to a full step of lr)
+    opt = torch.optim.SGD(policy.model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return trainer.rollout_step(
+        policy, opt, sched, trainer.PromptStream(samples, 0), config,
+        torch.Generator().manual_seed(0), random.Random(0), engine=engine,
+    )  # fmt: skip
+
+
+def test_an_engines_rollout_trains_as_our_sampler_would(monkeypatch):
+    """One optimiser step per batch: the update's own pass gives the old log-probs (ratio
+    exactly 1; the engine's, off by 0.5 here, are only compared), so the step equals the
+    torch path's on the same tokens; the weights then go to the engine."""
+    source = str(embedded_base("tiny-1m"))
+    config = _steps_config()
+    ours = load_policy(source)
+    m_ours = _one_step(config, None, monkeypatch, ours)
+    policy = load_policy(source)
+    engine = FakeEngine(policy)
+    m = _one_step(config, engine, monkeypatch, policy)
+    assert trainer.one_update_per_batch(config)
+    assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert m["rollout_logprob_diff_max"] == pytest.approx(0.5, abs=1e-4)
+    assert m["updates"] == 1 and engine.loads == 1
+    assert m["loss"] == pytest.approx(m_ours["loss"], abs=1e-6)
+    for (name, a), b in zip(ours.model.named_parameters(), policy.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    # two optimiser steps per batch: the old log-probs are recomputed before the first
+    config = _steps_config("train.mini_batch_size=1")
+    policy = load_policy(source)
+    engine = FakeEngine(policy)
+    m = _one_step(config, engine, monkeypatch, policy)
+    assert not trainer.one_update_per_batch(config)
+    assert m["rollout_logprob_diff_max"] == pytest.approx(0.5, abs=1e-4)  # measured at sampling
+    assert m["updates"] == 2 and engine.loads == 1
+
+
 def test_the_vllm_engine_without_vllm_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr("dapo_cli.runner.vllm_available", lambda: False)
     data = tmp_path / "d.jsonl"
