@@ -153,8 +153,8 @@ class VllmEngine:
         runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
         weights = ((n, p.detach()) for n, p in model.named_parameters())
         if hasattr(runner, "reload_weights"):
-            # vLLM >= 0.2x: also right where the engine repacked its weights after loading
-            # them (the CPU backend does), which a plain model.load_weights is not
+            # recent vLLM (0.32 here): right also where the engine repacked its weights after
+            # loading them (its CPU backend does), which a plain model.load_weights is not
             runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         else:
             runner.model.load_weights(weights)
@@ -187,8 +187,9 @@ class VllmEngine:
         device: torch.device | str = "cpu",
     ) -> tuple[Rollout, torch.Tensor]:
         """``group_size`` responses to each prompt (token ids, unpadded). Returns the rollout
-        (log-probs zero: recompute them) and vLLM's log-probs of the sampled tokens (B, T).
-        Seeds come from ``generator``, so a seeded run samples the same responses again."""
+        (its log-probs zero: the caller decides whose to use) and vLLM's log-probs of the
+        sampled tokens (B, T). Seeds come from ``generator``, so a seeded run samples the same
+        responses again."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
