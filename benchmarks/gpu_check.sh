@@ -7,6 +7,8 @@
 #   3. benchmarks/bench_gpu.py (matmul peaks, rollout vs generate, 0.5B-shaped DAPO steps)
 #   4. the test suite with the GPU visible (pytest-xdist if present; -v names every result
 #      as it ends, so a run cut short still says which tests failed)
+#   5. (PARTS=vllm, when vLLM is installed) dapo train with rollout.engine=vllm in bf16,
+#      tests/test_vllm_engine.py and benchmarks/bench_vllm.py --quick on the GPU
 # PARTS (default "cli fsdp bench tests"): which parts to run; WARM_STEPS (default 300):
 # supervised warm-start steps; BENCH_ARGS: extra bench_gpu.py arguments (e.g. "--quick").
 # On one H100 parts 1-2 took about 3 min, bench about 3-5, tests over 4 (with 14 workers).
@@ -44,6 +46,16 @@ if want bench; then
   timeout 600 $PY benchmarks/bench_gpu.py --output "$OUT/bench_gpu.json" ${BENCH_ARGS:-} \
       --profile "$OUT/profile_generation.txt" > "$OUT/bench_gpu.log" 2>&1
   done_ "bench_gpu" $?; tail -14 "$OUT/bench_gpu.log"
+fi
+if want vllm; then
+  {
+    timeout 600 $PY -m dapo_cli train "${ARGS[@]}" --steps 4 --output-dir "$W/vllm" \
+        --set rollout.engine=vllm &&
+    timeout 600 $PY -m pytest -v -p no:cacheprovider tests/test_vllm_engine.py &&
+    timeout 600 $PY benchmarks/bench_vllm.py --quick
+  } > "$OUT/vllm.log" 2>&1
+  done_ "vllm (train, tests, bench --quick)" $?
+  grep -E "rollout:|step +[0-9]|passed|failed|tiny-1m:|Error" "$OUT/vllm.log"
 fi
 want tests || exit 0
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")

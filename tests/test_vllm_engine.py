@@ -49,7 +49,7 @@ def test_rollout_from_tokens_pads_prompts_left_and_responses_right():
 def test_recomputed_logprobs_are_the_samplers_own():
     """Rebuilt from plain token lists (what vLLM returns), in micro-batches, the recomputed
     old log-probs equal those our sampler recorded for the same tokens."""
-    policy = load_policy(str(embedded_base("tiny-1m")))
+    policy = load_policy(str(embedded_base("tiny-1m")), device="cpu")
     ids, mask = policy.encode(["Add 2 and 3.", "Which is larger, 7 or 12?"])
     g = torch.Generator().manual_seed(0)
     r = sample(policy.model, ids, mask, repeat=3, max_new_tokens=10,
@@ -125,9 +125,9 @@ def test_an_engines_rollout_trains_as_our_sampler_would(monkeypatch):
     torch path's on the same tokens; the weights then go to the engine."""
     source = str(embedded_base("tiny-1m"))
     config = _steps_config()
-    ours = load_policy(source)
+    ours = load_policy(source, device="cpu")
     m_ours = _one_step(config, None, monkeypatch, ours)
-    policy = load_policy(source)
+    policy = load_policy(source, device="cpu")
     engine = FakeEngine(policy)
     m = _one_step(config, engine, monkeypatch, policy)
     assert trainer.one_update_per_batch(config)
@@ -139,7 +139,7 @@ def test_an_engines_rollout_trains_as_our_sampler_would(monkeypatch):
         assert torch.allclose(a, b, atol=1e-6), name
     # two optimiser steps per batch: the old log-probs are recomputed before the first
     config = _steps_config("train.mini_batch_size=1")
-    policy = load_policy(source)
+    policy = load_policy(source, device="cpu")
     engine = FakeEngine(policy)
     m = _one_step(config, engine, monkeypatch, policy)
     assert not trainer.one_update_per_batch(config)
@@ -168,7 +168,7 @@ def test_the_vllm_engine_without_vllm_is_one_clear_error(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def engine_and_policy():
     source = str(embedded_base("tiny-1m"))
-    policy = load_policy(source)
+    policy = load_policy(source, device="cpu")
     engine = VllmEngine(source, policy.model, seed=0, max_model_len=256, memory_utilization=0.1)
     return engine, policy
 
