@@ -212,16 +212,19 @@ def _sample_and_score(
         ids,
         mask,
         repeat=r.group_size,  # ... its G responses share its prefill
-        max_new_tokens=r.max_new_tokens,
         eos_token_ids=policy.stop_ids,
-        pad_token_id=policy.pad_id,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        top_k=r.top_k,
-        generator=generator,
+        **_sampling_kwargs(policy, config, generator),
     )
     reward, correct = score_responses(policy, rollout, samples, r.group_size, config)
     return rollout, reward, correct, None
+
+
+def _sampling_kwargs(policy: Policy, config: Config, generator) -> dict[str, Any]:
+    r = config.rollout
+    return dict(
+        max_new_tokens=r.max_new_tokens, pad_token_id=policy.pad_id, temperature=r.temperature,
+        top_p=r.top_p, top_k=r.top_k, generator=generator,
+    )  # fmt: skip
 
 
 def _engine_rollout(policy: Policy, engine, samples, config: Config, generator):
@@ -233,14 +236,9 @@ def _engine_rollout(policy: Policy, engine, samples, config: Config, generator):
     rollout, theirs = engine.generate(
         [policy.prompt_ids(s["prompt"]) for s in samples],
         group_size=r.group_size,
-        max_new_tokens=r.max_new_tokens,
         stop_ids=policy.stop_ids,
-        pad_token_id=policy.pad_id,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        top_k=r.top_k,
-        generator=generator,
         device=policy.device,
+        **_sampling_kwargs(policy, config, generator),
     )
     if one_update_per_batch(config):
         rollout.logprobs = theirs

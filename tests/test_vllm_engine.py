@@ -99,24 +99,30 @@ def _steps_config(*extra):
     ])  # fmt: skip
 
 
-def _one_step(config, engine, monkeypatch, policy):
+def _steps(config, engine, monkeypatch, policy, n=1, optimizer=torch.optim.SGD):
+    """``n`` DAPO steps on math prompts whose reward alternates (every group mixed: every
+    row is trained). The default SGD moves the weights by the gradient itself (Adam's first
+    step would blow a 1e-9 difference in a near-zero gradient up to a full step of lr)."""
     samples = [{"task_type": "math", "prompt": f"What is {i} plus {i}?", "answer": str(2 * i)}
                for i in range(8)]  # fmt: skip
 
-    def alternating(pol, roll, s, G, c):  # every group mixed: every row is trained
+    def alternating(pol, roll, s, G, c):
         n = roll.response_ids.size(0)
         return torch.tensor([1.0, -1.0] * (n // 2)), torch.tensor([True, False] * (n // 2))
 
     monkeypatch.setattr(trainer, "score_responses", alternating)
     torch.manual_seed(0)
-    # SGD: the weights move by the gradient itself (Adam's first step would blow a 1e-9
-    # difference in a near-zero gradient up to a full step of lr)
-    opt = torch.optim.SGD(policy.model.parameters(), lr=1.0)
+    opt = optimizer(policy.model.parameters(), lr=1e-2 if optimizer is torch.optim.AdamW else 1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    return trainer.rollout_step(
-        policy, opt, sched, trainer.PromptStream(samples, 0), config,
-        torch.Generator().manual_seed(0), random.Random(0), engine=engine,
-    )  # fmt: skip
+    stream, gen, rng = (
+        trainer.PromptStream(samples, 0),
+        torch.Generator().manual_seed(0),
+        random.Random(0),
+    )
+    return [
+        trainer.rollout_step(policy, opt, sched, stream, config, gen, rng, engine=engine)
+        for _ in range(n)
+    ]
 
 
 def test_an_engines_rollout_trains_as_our_sampler_would(monkeypatch):
@@ -126,10 +132,10 @@ def test_an_engines_rollout_trains_as_our_sampler_would(monkeypatch):
     source = str(embedded_base("tiny-1m"))
     config = _steps_config()
     ours = load_policy(source, device="cpu")
-    m_ours = _one_step(config, None, monkeypatch, ours)
+    m_ours = _steps(config, None, monkeypatch, ours)[0]
     policy = load_policy(source, device="cpu")
     engine = FakeEngine(policy)
-    m = _one_step(config, engine, monkeypatch, policy)
+    m = _steps(config, engine, monkeypatch, policy)[0]
     assert trainer.one_update_per_batch(config)
     assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert m["rollout_logprob_diff_max"] == pytest.approx(0.5, abs=1e-4)
@@ -141,7 +147,7 @@ def test_an_engines_rollout_trains_as_our_sampler_would(monkeypatch):
     config = _steps_config("train.mini_batch_size=1")
     policy = load_policy(source, device="cpu")
     engine = FakeEngine(policy)
-    m = _one_step(config, engine, monkeypatch, policy)
+    m = _steps(config, engine, monkeypatch, policy)[0]
     assert not trainer.one_update_per_batch(config)
     assert m["rollout_logprob_diff_max"] == pytest.approx(0.5, abs=1e-4)  # measured at sampling
     assert m["updates"] == 2 and engine.loads == 1
@@ -183,6 +189,13 @@ def _generate(engine, policy, seed):
         pad_token_id=policy.pad_id,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _restore(policy, weights, engine):
+    with torch.no_grad():
+        for n, p in policy.model.named_parameters():
+            p.copy_(weights[n])
+    engine.load_weights(policy.model)
 
 
 @needs_vllm
@@ -239,47 +252,21 @@ def test_weights_copied_after_an_update_reach_every_layer(engine_and_policy, par
         fresh = (recompute_logprobs(policy.model, r, 1.0, 32) - theirs)[m].abs().max()
         assert fresh < 1e-4
     finally:
-        with torch.no_grad():
-            for n, p in policy.model.named_parameters():
-                p.copy_(before[n])
-        engine.load_weights(policy.model)
+        _restore(policy, before, engine)
 
 
 @needs_vllm
 def test_dapo_steps_through_vllm_keep_engine_and_policy_in_step(engine_and_policy, monkeypatch):
     engine, policy = engine_and_policy
-    config = load_config(None, [
-        "rollout.group_size=4", "rollout.max_new_tokens=8", "algorithm.overlong_cache_len=2",
-        "algorithm.dynamic_sampling=false", "algorithm.overlong_filtering=false",
-        "train.train_batch_size=2",
-        "train.mini_batch_size=2", "train.micro_batch_size=3", "train.lr=1e-2",
-        "train.warmup_steps=0", "rollout.engine=vllm",
-    ])  # fmt: skip
-    samples = [{"task_type": "math", "prompt": f"What is {i} plus {i}?", "answer": str(2 * i)}
-               for i in range(8)]  # fmt: skip
     before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
-    opt = torch.optim.AdamW(policy.model.parameters(), lr=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    stream = trainer.PromptStream(samples, 0)
-    gen, rng = torch.Generator().manual_seed(0), random.Random(0)
-
-    # an alternating reward: every group is mixed, so every step updates the weights
-    def alternating(pol, roll, s, G, c):
-        n = roll.response_ids.size(0)
-        return torch.tensor([1.0, -1.0] * (n // 2)), torch.tensor([True, False] * (n // 2))
-
-    monkeypatch.setattr(trainer, "score_responses", alternating)
     try:
-        for _ in range(3):
-            m = trainer.rollout_step(policy, opt, sched, stream, config, gen, rng, engine=engine)
+        config = _steps_config("rollout.engine=vllm")
+        for m in _steps(config, engine, monkeypatch, policy, n=3, optimizer=torch.optim.AdamW):
             assert m["updates"] == 1 and m["weight_sync_time"] > 0
             assert m["rollout_logprob_diff_max"] < 1e-4  # sampled from the updated weights
             assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # μ = 1, on-policy
     finally:
-        with torch.no_grad():
-            for n, p in policy.model.named_parameters():
-                p.copy_(before[n])
-        engine.load_weights(policy.model)
+        _restore(policy, before, engine)
 
 
 @needs_vllm
