@@ -305,11 +305,35 @@ def sample(
 
 
 def sequence_logprobs(
-    model, rollout: Rollout, temperature: float = 1.0, *, return_entropy: bool = False
+    model,
+    rollout: Rollout,
+    temperature: float = 1.0,
+    *,
+    return_entropy: bool = False,
+    groups: torch.Tensor | None = None,
 ):
     """Log-probs (B, T) of the rollout's response tokens under ``model`` (with gradients when
     enabled), computed on the same token ids and positions as sampling used; with
-    ``return_entropy`` also the per-token entropy (B, T) of the temperature-scaled policy."""
+    ``return_entropy`` also the per-token entropy (B, T) of the temperature-scaled policy.
+
+    ``groups`` (B,): rows with the same value have the same prompt (a prompt's G responses).
+    Then each prompt runs through the model once and its keys and values serve its rows, as
+    in sampling: the same numbers and gradients, with (rows − prompts) fewer prompt passes."""
+    logits = None if groups is None else _shared_prompt_logits(model, rollout, groups)
+    if logits is None:
+        logits = _full_logits(model, rollout)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logprobs = token_logprobs(logits, rollout.response_ids)  # (B, T)
+    if not return_entropy:
+        return logprobs
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits.detach())  # (B, T)
+    return logprobs, entropy
+
+
+def _full_logits(model, rollout: Rollout) -> torch.Tensor:
+    """(B, T, V): position t predicts response token t; prompt and response in one pass."""
     input_ids = torch.cat([rollout.prompt_ids, rollout.response_ids], dim=1)  # (B, P+T)
     mask = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1)  # (B, P+T)
     T = rollout.response_ids.size(1)
@@ -322,12 +346,40 @@ def sequence_logprobs(
         **keep,
     )
     start = rollout.prompt_ids.size(1) - 1 if not keep else 0
-    logits = out.logits[:, start:-1, :]  # (B, T, V): position t predicts response token t
-    if temperature != 1.0:
-        logits = logits / temperature
-    logprobs = token_logprobs(logits, rollout.response_ids)  # (B, T)
-    if not return_entropy:
-        return logprobs
-    with torch.no_grad():
-        entropy = entropy_from_logits(logits.detach())  # (B, T)
-    return logprobs, entropy
+    return out.logits[:, start:-1, :]
+
+
+def _shared_prompt_logits(model, rollout: Rollout, groups: torch.Tensor) -> torch.Tensor | None:
+    """``_full_logits`` with each distinct prompt run once: its KV cache (with gradients) is
+    indexed out to its rows, which then run only their responses. None when there is
+    nothing to share or the model's cache cannot be indexed (then: one pass per row)."""
+    uniq, inverse = torch.unique(groups.to(rollout.prompt_ids.device), return_inverse=True)
+    if len(uniq) == len(groups):
+        return None
+    rows = torch.arange(len(groups), device=inverse.device)
+    first = torch.zeros(len(uniq), dtype=torch.long, device=inverse.device).scatter_(
+        0, inverse, rows
+    )
+    p_ids, p_mask = rollout.prompt_ids[first], rollout.prompt_mask[first]  # (N, P)
+    out = model(
+        input_ids=p_ids,
+        attention_mask=p_mask,
+        position_ids=position_ids_from_mask(p_mask),
+        **_step_kwargs(model, None),
+        **_keep_logits_kwargs(model, 1),
+    )
+    cache = _cache_of(out)
+    if not hasattr(cache, "batch_select_indices"):
+        return None
+    cache.batch_select_indices(inverse)  # (N, ...) -> (B, ...), differentiable indexing
+    mask = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1)  # (B, P+T)
+    P, T = rollout.prompt_ids.size(1), rollout.response_ids.size(1)
+    out_r = model(
+        input_ids=rollout.response_ids,
+        attention_mask=mask,
+        position_ids=position_ids_from_mask(mask)[:, P:],
+        **_step_kwargs(model, cache),
+        **_keep_logits_kwargs(model, T),
+    )
+    # the prompt's last position predicts response token 0; response position t, token t+1
+    return torch.cat([out.logits[:, -1:][inverse], out_r.logits[:, : T - 1]], dim=1)

@@ -288,6 +288,10 @@ def update(
     # group alike, dynamic sampling off) or whose tokens are all masked (overlong-filtered)
     # adds exactly nothing, and skipping its forward/backward changes no parameter.
     skip_idle = not (reference is not None and a.kl_coef > 0)
+    # A prompt's rows in one micro-batch share one pass over the prompt (same gradients).
+    # Not under FSDP (each pass is a collective) nor gradient checkpointing (whose re-run of
+    # a layer would add its keys to the shared cache twice).
+    share_prompts = G > 1 and not sharded and not getattr(model, "is_gradient_checkpointing", False)
     stat_keys = ["loss", "entropy", "clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"]
     stat_keys += ["dual_clip_frac"] * (a.dual_clip is not None) + ["kl_ref"] * (not skip_idle)
     sums = dict.fromkeys(stat_keys, 0.0)  # every key, even when no row is run (then NaN)
@@ -312,10 +316,7 @@ def update(
                 rows = rows[((mask_mb.sum(-1) > 0) & (adv_mb != 0).any(-1)).cpu()]
                 idle += len(prompts) * G - len(rows)
             mine = rows[dist.shard(len(rows))]
-            # micro-batches of similar lengths pad less (the sum of gradients is the same)
-            roll = batch.rollout
-            key = roll.response_mask[mine].sum(-1) * 100_000 + roll.prompt_mask[mine].sum(-1)
-            mine = mine[torch.argsort(key.cpu(), stable=True)]
+            mine = _micro_batch_order(batch.rollout, mine, G if share_prompts else 0)
             optimizer.zero_grad(set_to_none=True)
             finite = True
             starts = list(range(0, len(mine), t.micro_batch_size))
@@ -333,8 +334,9 @@ def update(
                 mask = batch.loss_mask[micro][:, : sub.response_ids.size(1)].to(policy.device)
                 with compute:  # autocast when fp32 master weights train a bf16 policy
                     logp, entropy = sequence_logprobs(
-                        model, sub, r.temperature, return_entropy=True
-                    )  # (b, T) each
+                        model, sub, r.temperature, return_entropy=True,
+                        groups=micro // G if share_prompts else None,
+                    )  # (b, T) each  # fmt: skip
                 old = sub.logprobs
                 if batch.engine_logprobs:  # the policy has not moved since it sampled
                     old = logp.detach()
@@ -409,6 +411,26 @@ def update(
         A.masked_mean(batch.rollout.logprobs.exp(), batch.rollout.response_mask)
     )
     return out
+
+
+def _micro_batch_order(rollout: Rollout, rows: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``rows`` in the order they are cut into micro-batches: by length, so that a micro-batch
+    pads little (the sum of gradients is the same in any order); with ``group_size`` > 0 a
+    prompt's rows stay together (for the shared prompt pass): groups by their longest
+    response, rows by length within."""
+    lens = (
+        rollout.response_mask[rows].sum(-1).cpu() * 100_000
+        + rollout.prompt_mask[rows].sum(-1).cpu()
+    )
+    rows = rows[torch.argsort(lens, stable=True)]
+    if not group_size:
+        return rows
+    lens = rollout.response_mask[rows].sum(-1).cpu()
+    group = rows.cpu() // group_size
+    longest = torch.zeros(int(group.max()) + 1 if len(group) else 0, dtype=lens.dtype)
+    longest = longest.scatter_reduce(0, group, lens, "amax")
+    rows = rows[torch.argsort(group, stable=True)]
+    return rows[torch.argsort(longest[rows.cpu() // group_size], stable=True)]
 
 
 def lr_lambda(config: Config) -> Callable[[int], float]:

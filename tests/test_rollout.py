@@ -206,3 +206,31 @@ def test_sampling_keeps_sdpa_off_cudnn_on_cuda(model, monkeypatch):
     ids, mask = prompts()
     sample(model, ids, mask, max_new_tokens=2, eos_token_ids=[EOS], pad_token_id=PAD)
     assert seen == [ids.device]
+
+
+def test_a_prompt_run_once_for_its_rows_gives_the_same_logprobs_and_gradients(model):
+    """``sequence_logprobs(groups=...)``: each distinct prompt through the model once, its KV
+    cache indexed out to its rows (in any order, some rows of a prompt absent), equals one
+    full pass per row, in values and in the gradient of every parameter."""
+    ids, mask = prompts()  # 3 prompts (differently left-padded) x 4 rows
+    r = sample(model, ids, mask, max_new_tokens=9, eos_token_ids=[EOS, 2], pad_token_id=PAD,
+               temperature=0.7, generator=torch.Generator().manual_seed(3))  # fmt: skip
+    rows = [5, 0, 1, 9, 11, 4, 10]
+    sub = r.select(rows)
+
+    def run(groups):
+        model.zero_grad()
+        logp, entropy = sequence_logprobs(model, sub, 0.7, return_entropy=True, groups=groups)
+        (
+            logp * sub.response_mask * torch.linspace(-1, 1, logp.numel()).view_as(logp)
+        ).sum().backward()
+        return logp.detach(), entropy, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain = run(None)
+    shared = run(torch.tensor(rows) // 4)
+    m = sub.response_mask.bool()
+    assert torch.allclose(plain[0][m], shared[0][m], atol=1e-5)
+    assert torch.allclose(plain[1][m], shared[1][m], atol=1e-5)
+    for name, g in plain[2].items():
+        assert torch.allclose(g, shared[2][name], atol=1e-6, rtol=1e-4), name
+    assert any(g.abs().sum() > 0 for g in plain[2].values())
