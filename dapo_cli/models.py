@@ -408,6 +408,14 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
             module.training = True
 
 
+def checkpointing_enabled(model) -> bool:
+    """Whether ``model`` recomputes layer activations in its backward (any torch module)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # new, old
+        if isinstance(getattr(type(model), name, None), property):
+            return bool(getattr(model, name))
+    return False
+
+
 # --- prompts ---------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from dapo_cli import algorithm as A
 from dapo_cli.config import Config
 from dapo_cli.distributed import SINGLE, Dist
 from dapo_cli.errors import DapoError
+from dapo_cli.models import checkpointing_enabled
 from dapo_cli.policy import Policy
 from dapo_cli.rewards import score
 from dapo_cli.rollout import Rollout, sample, sequence_logprobs
@@ -291,7 +292,7 @@ def update(
     # A prompt's rows in one micro-batch share one pass over the prompt (same gradients).
     # Not under FSDP (each pass is a collective) nor gradient checkpointing (whose re-run of
     # a layer would add its keys to the shared cache twice).
-    share_prompts = G > 1 and not sharded and not getattr(model, "is_gradient_checkpointing", False)
+    share_prompts = G > 1 and not sharded and not checkpointing_enabled(model)
     stat_keys = ["loss", "entropy", "clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"]
     stat_keys += ["dual_clip_frac"] * (a.dual_clip is not None) + ["kl_ref"] * (not skip_idle)
     sums = dict.fromkeys(stat_keys, 0.0)  # every key, even when no row is run (then NaN)

@@ -365,3 +365,36 @@ def test_groups_filtered_counts_groups_without_signal_not_the_surplus(tmp_path):
     assert filtered == pytest.approx(stats["groups_filtered"] * 12)
     assert constant <= filtered <= constant + 1
     assert filtered < 12 - 4  # the unused groups with signal are not counted as filtered
+
+
+def test_the_update_shares_prompt_passes_except_under_checkpointing(tmp_path, data_file,
+                                                                    monkeypatch):  # fmt: skip
+    """A prompt's rows share one prompt pass in the update, but not under gradient
+    checkpointing: there transformers drops the cache inside checkpointed layers, and the
+    shared pass would give wrong log-probs (0.7 off on the tiny model)."""
+    import random
+
+    from dapo_cli.models import enable_gradient_checkpointing
+    from dapo_cli.policy import load_policy
+    from dapo_cli.rollout import sequence_logprobs
+
+    config = make_config(tmp_path, data_file, "algorithm.dynamic_sampling=false",
+                         "algorithm.overlong_filtering=false")  # fmt: skip
+    policy = load_policy(str(embedded_base("tiny-1m")))
+    samples = [json.loads(line) for line in data_file.read_text().splitlines()]
+    batch = trainer.collect_batch(policy, trainer.PromptStream(samples, seed=0), config,
+                                  torch.Generator(policy.device).manual_seed(0))  # fmt: skip
+    seen = []
+
+    def recording(model, sub, *args, groups=None, **kwargs):
+        seen.append(groups)
+        return sequence_logprobs(model, sub, *args, groups=groups, **kwargs)
+
+    monkeypatch.setattr(trainer, "sequence_logprobs", recording)
+    optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.0)
+    trainer.update(policy, optimizer, batch, config, random.Random(0))
+    assert seen and all(g is not None for g in seen)
+    seen.clear()
+    enable_gradient_checkpointing(policy.model)
+    trainer.update(policy, optimizer, batch, config, random.Random(0))
+    assert seen and all(g is None for g in seen)
