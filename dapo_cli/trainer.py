@@ -247,8 +247,13 @@ def _engine_rollout(policy: Policy, engine, samples, config: Config, generator):
     rollout.logprobs = recompute_logprobs(
         policy.model, rollout, r.temperature, config.train.micro_batch_size
     )
-    gap = (rollout.logprobs - theirs).abs() * rollout.response_mask
-    return rollout, float(gap.max()) if gap.numel() else 0.0
+    return rollout, _max_gap(rollout.logprobs, theirs, rollout.response_mask)
+
+
+def _max_gap(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """The largest |a − b| where ``mask`` is set (0 for no element)."""
+    gap = (a - b).abs() * mask
+    return float(gap.max()) if gap.numel() else 0.0
 
 
 def _gather_scored(dist: Dist, policy: Policy, rollout, reward, correct):
@@ -341,8 +346,7 @@ def update(
                 old = sub.logprobs
                 if batch.engine_logprobs:  # the policy has not moved since it sampled
                     old = logp.detach()
-                    gap = (old - sub.logprobs).abs() * sub.response_mask
-                    engine_gap = max(engine_gap, float(gap.max()) if gap.numel() else 0.0)
+                    engine_gap = max(engine_gap, _max_gap(old, sub.logprobs, sub.response_mask))
                 loss, st = A.policy_loss(
                     logp,
                     old,
@@ -419,19 +423,15 @@ def _micro_batch_order(rollout: Rollout, rows: torch.Tensor, group_size: int) ->
     pads little (the sum of gradients is the same in any order); with ``group_size`` > 0 a
     prompt's rows stay together (for the shared prompt pass): groups by their longest
     response, rows by length within."""
-    lens = (
-        rollout.response_mask[rows].sum(-1).cpu() * 100_000
-        + rollout.prompt_mask[rows].sum(-1).cpu()
-    )
-    rows = rows[torch.argsort(lens, stable=True)]
-    if not group_size:
-        return rows
-    lens = rollout.response_mask[rows].sum(-1).cpu()
-    group = rows.cpu() // group_size
-    longest = torch.zeros(int(group.max()) + 1 if len(group) else 0, dtype=lens.dtype)
-    longest = longest.scatter_reduce(0, group, lens, "amax")
-    rows = rows[torch.argsort(group, stable=True)]
-    return rows[torch.argsort(longest[rows.cpu() // group_size], stable=True)]
+    response = rollout.response_mask[rows].sum(-1).cpu()
+    order = torch.argsort(response * 100_000 + rollout.prompt_mask[rows].sum(-1).cpu(), stable=True)
+    if group_size and len(rows):
+        group = rows.cpu() // group_size
+        longest = torch.zeros(int(group.max()) + 1, dtype=response.dtype)
+        longest = longest.scatter_reduce(0, group, response, "amax")
+        order = order[torch.argsort(group[order], stable=True)]  # a prompt's rows together
+        order = order[torch.argsort(longest[group[order]], stable=True)]
+    return rows[order]
 
 
 def lr_lambda(config: Config) -> Callable[[int], float]:

@@ -51,28 +51,33 @@ def rollout_from_tokens(
     n, G = len(prompts), group_size
     if len(responses) != n * G or len(stopped) != n * G:
         raise ValueError(f"{len(responses)} responses for {n} prompts x {G}")
-    P = max((len(p) for p in prompts), default=0)
-    T = max(1, max((len(r) for r in responses), default=0))
-    prompt_ids = torch.full((n * G, P), pad_token_id, dtype=torch.long)
-    prompt_mask = torch.zeros((n * G, P), dtype=torch.long)
-    response_ids = torch.full((n * G, T), pad_token_id, dtype=torch.long)
-    response_mask = torch.zeros((n * G, T), dtype=torch.long)
-    for row, resp in enumerate(responses):
-        prompt = prompts[row // G]
-        if prompt:
-            prompt_ids[row, P - len(prompt) :] = torch.as_tensor(prompt)
-            prompt_mask[row, P - len(prompt) :] = 1
-        if resp:
-            response_ids[row, : len(resp)] = torch.as_tensor(resp)
-            response_mask[row, : len(resp)] = 1
+    prompt_ids = padded(prompts, pad_token_id, left=True).repeat_interleave(G, 0)  # (B, P)
+    response_ids = padded(responses, pad_token_id, min_width=1)  # (B, T)
+    P, T = prompt_ids.size(1), response_ids.size(1)
+    p_len = torch.tensor([len(p) for p in prompts]).repeat_interleave(G)[:, None]  # (B, 1)
+    r_len = torch.tensor([len(r) for r in responses])[:, None]
     return Rollout(
         prompt_ids=prompt_ids.to(device),
-        prompt_mask=prompt_mask.to(device),
+        prompt_mask=(torch.arange(P) >= P - p_len).long().to(device),
         response_ids=response_ids.to(device),
-        response_mask=response_mask.to(device),
+        response_mask=(torch.arange(T) < r_len).long().to(device),
         logprobs=torch.zeros((n * G, T), device=device),
         truncated=~torch.as_tensor(list(stopped), dtype=torch.bool).to(device),
     )
+
+
+def padded(
+    seqs: Sequence[Sequence], value, *, left: bool = False, min_width: int = 0, dtype=torch.long
+) -> torch.Tensor:
+    """(len(seqs), width) with each sequence padded by ``value`` on the left or the right."""
+    t = torch.nn.utils.rnn.pad_sequence(
+        [torch.as_tensor(list(x), dtype=dtype) for x in seqs],
+        batch_first=True,
+        padding_value=value,
+        padding_side="left" if left else "right",
+    )
+    extra = max(0, min_width - t.size(1))
+    return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
 
 
 @torch.inference_mode()
@@ -227,7 +232,6 @@ class VllmEngine:
             prompts, responses, stopped, group_size=group_size, pad_token_id=pad_token_id,
             device=device,
         )  # fmt: skip
-        theirs = torch.zeros(rollout.response_ids.shape, dtype=torch.float32)
-        for row, lp in enumerate(engine_logps):
-            theirs[row, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+        T = rollout.response_ids.size(1)
+        theirs = padded(engine_logps, 0.0, min_width=T, dtype=torch.float32)[:, :T]
         return rollout, theirs.to(device)
