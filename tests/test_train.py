@@ -398,3 +398,33 @@ def test_the_update_shares_prompt_passes_except_under_checkpointing(tmp_path, da
     enable_gradient_checkpointing(policy.model)
     trainer.update(policy, optimizer, batch, config, random.Random(0))
     assert seen and all(g is None for g in seen)
+
+
+def test_code_tasks_without_a_sandbox_stop_before_any_work(tmp_path, monkeypatch):
+    """No namespace sandbox and no opt-in: one line, exit 1, nothing trained or recorded."""
+    import random
+
+    from dapo_cli import sandbox
+    from dapo_cli.tasks import get_task
+
+    rng = random.Random(0)
+    rows = [{**get_task("code").generate(rng, "easy"), "task_type": "code", "split": "train"}
+            for _ in range(4)]  # fmt: skip
+    data = tmp_path / "code.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(sandbox, "_bwrap_binary", lambda: None)
+    monkeypatch.delenv(sandbox.SANDBOX_ENV, raising=False)
+    sandbox._detect_mode.cache_clear()
+    try:
+        result = CliRunner().invoke(app, [
+            "train", "--data", str(data), "--steps", "1", "--output-dir", str(tmp_path / "ck"),
+            "--db-path", str(tmp_path / "d.db"), "--set", "warm_start.enabled=off",
+        ])  # fmt: skip
+        assert result.exit_code == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no namespace sandbox" in lines[0]
+        assert "reward.sandbox=rlimits-only" in lines[0]
+        assert not (tmp_path / "ck").exists() and not (tmp_path / "d.db").exists()
+    finally:
+        sandbox.allow_rlimits_only(False)
+        sandbox._detect_mode.cache_clear()

@@ -88,6 +88,11 @@ def eval_(
     if max_new_tokens < 1 or not 0 < top_p <= 1 or temperature <= 0:
         raise DapoError("--max-new-tokens must be >= 1, --top-p in (0, 1], --temperature > 0")
     samples = load_eval_samples(data, db_path, split, parse_csv_option(task_types), limit)
+    from dapo_cli.rewards import require_sandbox_for
+
+    isolation = require_sandbox_for({s["task_type"] for s in samples})
+    if isolation is not None and not isolation.startswith("bubblewrap"):
+        console.print(f"[yellow]WARNING: sandbox for code rewards: {isolation}")
 
     from dapo_cli.cli.train import quiet_transformers
     from dapo_cli.evaluate import generate_and_score, summarize

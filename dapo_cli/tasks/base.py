@@ -129,6 +129,7 @@ class Task(ABC):
 
     name: str = ""
     description: str = ""
+    runs_code: bool = False  # its verifier runs model-written code (so needs the sandbox)
 
     @abstractmethod
     def generate(self, rng: random.Random, difficulty: str) -> dict[str, Any]:

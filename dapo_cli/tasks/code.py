@@ -260,6 +260,7 @@ def problem_key(problem: Mapping[str, Any], params: Mapping[str, Any]) -> str:
 
 class CodeTask(Task):
     name = "code"
+    runs_code = True  # its verifier runs the completion in the sandbox
     description = "implement a named Python function, checked by hidden test cases in a sandbox"
 
     def generate(self, rng: random.Random, difficulty: str) -> dict[str, Any]:
