@@ -179,12 +179,13 @@ def policy_loss(
     return loss, {k: v.detach() for k, v in stats.items()}
 
 
-def _float_rows(fn: Callable[..., Tensor], logits: Tensor, *rest: Tensor) -> Tensor:
-    """Run ``fn`` in float32 or better. Low-precision (bf16/fp16) logits are upcast one
-    sample at a time, so the float copy is (T, V), never (B, T, V)."""
+def _float_rows(fn: Callable[..., Tensor], logits: Tensor, *rest: Tensor, temperature=1.0):
+    """Run ``fn`` on ``logits / temperature`` in float32 or better. Low-precision (bf16/fp16)
+    logits are upcast one sample at a time, so the float copy is (T, V), never (B, T, V);
+    the temperature divides after the upcast (a bf16 quotient would be rounded again)."""
     if logits.dtype in (torch.float32, torch.float64):
-        return fn(logits, *rest)
-    rows = [fn(row.float(), *(r[i] for r in rest)) for i, row in enumerate(logits)]
+        return fn(logits / temperature if temperature != 1.0 else logits, *rest)
+    rows = [fn(row.float() / temperature, *(r[i] for r in rest)) for i, row in enumerate(logits)]
     return torch.stack(rows)
 
 
@@ -193,13 +194,14 @@ def _logprobs(logits: Tensor, token_ids: Tensor) -> Tensor:
     return picked - torch.logsumexp(logits, dim=-1)  # (..., T)
 
 
-def token_logprobs(logits: Tensor, token_ids: Tensor) -> Tensor:
-    """log π(token | prefix) per position: logits (B, T, V), token_ids (B, T) → (B, T) float.
+def token_logprobs(logits: Tensor, token_ids: Tensor, temperature: float = 1.0) -> Tensor:
+    """log π(token | prefix) per position under softmax(logits / temperature): logits
+    (B, T, V), token_ids (B, T) → (B, T) float.
 
     Computed as gathered logit − logsumexp, which equals log_softmax + gather without
     materialising a second (B, T, V) tensor. ``logits[:, t]`` must be the logits that
     predicted ``token_ids[:, t]`` (shift by one before calling)."""
-    return _float_rows(_logprobs, logits, token_ids)  # (B, T)
+    return _float_rows(_logprobs, logits, token_ids, temperature=temperature)  # (B, T)
 
 
 def _entropy(logits: Tensor) -> Tensor:
@@ -208,8 +210,8 @@ def _entropy(logits: Tensor) -> Tensor:
     return log_z - (probs * logits).sum(dim=-1)  # (..., T)  H = log Z − Σ p·z
 
 
-def entropy_from_logits(logits: Tensor) -> Tensor:
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Entropy of the next-token distribution, H = −Σ_v p_v log p_v = logsumexp(z) − Σ_v p_v z_v
     (stable: no log of a tiny probability). logits (B, T, V) → (B, T) float. The paper watches
     the mean generation entropy: it should neither collapse nor explode."""
-    return _float_rows(_entropy, logits)  # (B, T)
+    return _float_rows(_entropy, logits, temperature=temperature)  # (B, T)

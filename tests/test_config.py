@@ -77,3 +77,10 @@ def test_readme_config_reference_is_the_generated_table():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
     assert readme.split(start, 1)[1].split(end, 1)[0] == reference_table()
+
+
+def test_a_group_of_one_with_dynamic_sampling_is_rejected_in_one_line():
+    with pytest.raises(DapoError) as err:
+        load_config(None, ["rollout.group_size=1"])
+    assert "\n" not in str(err.value) and "can never fill a batch" in str(err.value)
+    load_config(None, ["rollout.group_size=1", "algorithm.dynamic_sampling=false"])

@@ -328,6 +328,9 @@ def test_rows_without_gradient_are_skipped_and_the_step_is_unchanged(tmp_path, m
     out = trainer.update(policy, optimizer, batch, config, random.Random(0))
     assert sum(forwarded) == int((~idle).sum())  # only the rows with a gradient were run
     assert out["rows_skipped"] == pytest.approx(float(idle.float().mean()))
+    # the logged loss is the mini-batch's loss over all its tokens (skipped rows add 0),
+    # not re-normalised by the tokens of the rows run
+    assert out["loss"] == pytest.approx(float(loss.detach()), rel=1e-5, abs=1e-7)
     got, want = policy.model.state_dict(), ref.state_dict()
     for name, p in want.items():
         rel = float((got[name] - p).norm() / p.norm().clamp(min=1e-12))
@@ -428,3 +431,78 @@ def test_code_tasks_without_a_sandbox_stop_before_any_work(tmp_path, monkeypatch
     finally:
         sandbox.allow_rlimits_only(False)
         sandbox._detect_mode.cache_clear()
+
+
+def test_bf16_first_update_has_ratio_exactly_one(tmp_path, data_file):
+    """bf16 sampling, fp32 master weights under autocast: the old log-probs are the update's
+    own numbers, so before the policy moves the ratio is exactly 1 (the sampler's bf16
+    log-probs differ from the update's by up to ~0.2 in log space)."""
+    one = run_training(make_config(
+        tmp_path / "one", data_file, "model.dtype=bfloat16", "train.steps=1",
+        "train.mini_batch_size=2", "algorithm.overlong_filtering=false",
+    )).history[0]  # fmt: skip
+    assert one["updates"] == 1
+    assert one["ratio_mean"] == 1.0 and one["approx_kl"] == 0.0
+    assert one["clip_frac_low"] == 0.0 and one["clip_frac_high"] == 0.0
+    assert one["rollout_logprob_diff_max"] > 0  # the sampler's own numbers were not used
+    # several optimiser steps per batch: recomputed by the trained module before the first
+    # step; lr so small that no weight moves, so every mini-batch sees the starting policy
+    two = run_training(make_config(
+        tmp_path / "two", data_file, "model.dtype=bfloat16", "train.steps=1",
+        "train.mini_batch_size=1", "algorithm.overlong_filtering=false", "train.lr=1e-30",
+    )).history[0]  # fmt: skip
+    assert two["updates"] == 2
+    assert abs(two["ratio_mean"] - 1.0) < 1e-3 and two["approx_kl"] < 1e-6
+    assert two["rollout_logprob_diff_max"] > 0
+
+
+def test_resume_keeps_the_kl_reference_of_the_run(tmp_path, data_file):
+    """The KL penalty's reference is the run's starting policy, also after --resume (it
+    was the resumed checkpoint: another objective, and another final model)."""
+    extra = ("algorithm.kl_coef=0.5", "train.steps=4", "algorithm.overlong_filtering=false")
+    straight = run_training(make_config(tmp_path / "a", data_file, *extra))
+    cfg = make_config(tmp_path / "b", data_file, *extra)
+    with pytest.raises(Crash):  # dies after step 3; the checkpoint of step 2 survives
+        run_training(cfg, observer=CrashAt(3))
+    resumed = run_training(cfg, resume=True)
+    a, b = weights(straight.final_dir), weights(resumed.final_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run optimised another objective"
+    assert [h["kl_ref"] for h in resumed.history] == [h["kl_ref"] for h in straight.history[2:]]
+
+
+def test_a_named_model_warm_start_is_the_kl_reference(tmp_path, data_file):
+    """With a warm start in the run, the reference is the warm-started policy (the first
+    step's KL is 0 up to rounding), saved beside the checkpoints for a resume."""
+    cfg = make_config(
+        tmp_path, data_file, f"model.name={embedded_base()}", "warm_start.enabled=on",
+        "warm_start.steps=3", "algorithm.kl_coef=0.5", "train.steps=1",
+        "algorithm.overlong_filtering=false", "train.mini_batch_size=2",
+    )  # fmt: skip
+    result = run_training(cfg)
+    assert result.history[0]["kl_ref"] < 1e-6
+    assert (tmp_path / "ck" / "kl_reference" / "config.json").is_file()
+    from dapo_cli.checkpoint import load_trainer_state
+
+    state = load_trainer_state(result.final_dir)
+    assert state["kl_reference"] == str((tmp_path / "ck" / "kl_reference").resolve())
+
+
+def test_entropy_counts_every_generated_token_truncated_included(tmp_path, data_file):
+    """Overlong filtering masks truncated responses out of the loss, not out of the entropy
+    the paper watches: the mean over every response token of the sampling distribution."""
+    from dapo_cli.policy import load_policy
+    from dapo_cli.rollout import sequence_logprobs
+
+    config = make_config(tmp_path, data_file, "algorithm.dynamic_sampling=false")
+    policy = load_policy(str(embedded_base("tiny-1m")))
+    samples = [json.loads(line) for line in data_file.read_text().splitlines()]
+    batch = trainer.collect_batch(
+        policy, trainer.PromptStream(samples, 0), config, torch.Generator().manual_seed(0)
+    )
+    assert bool(batch.rollout.truncated.any())  # a random model: truncated responses exist
+    _, entropy = sequence_logprobs(policy.model, batch.rollout, 1.0, return_entropy=True)
+    mask = batch.rollout.response_mask.float()
+    want = float((entropy * mask).sum() / mask.sum())
+    assert batch.stats["entropy"] == pytest.approx(want, rel=1e-4)
+    # the old metric (over the loss mask) leaves the truncated responses out
+    assert float((batch.loss_mask.sum())) < float(mask.sum())
