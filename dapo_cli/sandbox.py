@@ -427,7 +427,7 @@ def _traversable(path: str) -> bool:
 def _spawn(mode: _Mode, host_dir: str, code: str, uid: int | None) -> tuple[list, str, dict]:
     """Write the harness and the solution; return the command, its cwd and Popen extras."""
     for name, text in (("harness.py", _HARNESS), ("solution.py", code)):
-        Path(host_dir, name).write_text(text, encoding="utf-8")
+        Path(host_dir, name).write_text(text, encoding="utf-8", errors="replace")  # lone surrogates
         os.chmod(os.path.join(host_dir, name), 0o644)
     if mode.kind == "bwrap":
         return _bwrap_command(mode, host_dir, uid), host_dir, {}

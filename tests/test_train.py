@@ -505,4 +505,4 @@ def test_entropy_counts_every_generated_token_truncated_included(tmp_path, data_
     want = float((entropy * mask).sum() / mask.sum())
     assert batch.stats["entropy"] == pytest.approx(want, rel=1e-4)
     # the old metric (over the loss mask) leaves the truncated responses out
-    assert float((batch.loss_mask.sum())) < float(mask.sum())
+    assert float(batch.loss_mask.sum()) < float(mask.sum())
