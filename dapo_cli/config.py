@@ -125,9 +125,13 @@ class TrainConfig:
         10, "Generation batches allowed to fill one step (0 = no cap).", paper="10"
     )
     on_gen_cap: str = _f(
-        "error",
-        "At the cap: error (stop, say what to change) or continue (partial batch).",
-        choices=("error", "continue"),
+        "continue",
+        "When dynamic sampling reaches the cap without a full batch: continue (train on the "
+        "prompts with signal found, logged as batch_fill; none found and most groups "
+        "all-correct: stop as converged, with a final checkpoint), stop (stop as converged "
+        "whenever the batch cannot be filled, unless most groups are all-wrong) or error "
+        "(verl's behaviour: stop with an error).",
+        choices=("continue", "stop", "error"),
     )
     mini_batch_size: int = _f(
         16,

@@ -39,7 +39,7 @@ from dapo_cli.sharding import (
     weights_to_save,
 )
 from dapo_cli.store import Store
-from dapo_cli.trainer import PromptStream, lr_lambda, rollout_step
+from dapo_cli.trainer import Converged, PromptStream, lr_lambda, rollout_step
 from dapo_cli.vllm_engine import INSTALL_HINT, VllmEngine, vllm_available
 
 # With no data given: number puzzles (many correct answers, checked by their properties), a
@@ -51,11 +51,13 @@ DEFAULT_DATA = {"num_samples": 12000, "task_types": ["puzzle"], "difficulty": "m
 @dataclass
 class TrainResult:
     run_id: str
-    status: str  # completed | interrupted
+    status: str  # completed | converged | interrupted
     steps: int
     final_dir: Path | None
     db_path: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    signal: int | None = None  # interrupted: SIGINT or SIGTERM
+    note: str = ""  # converged: why
 
 
 def load_samples(config: Config, observer: TrainObserver) -> list[dict[str, Any]]:
@@ -127,29 +129,70 @@ def _supervise(policy: Policy, samples, config: Config, observer: TrainObserver)
 
 
 class _GracefulInterrupt:
-    """First Ctrl-C: finish the current step, save, exit. Second: stop at once."""
+    """First Ctrl-C or SIGTERM (a scheduler's, ``kill``): finish the current step, save,
+    exit (130 / 143 in the CLI). A second: stop at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, observer: TrainObserver):
-        self.requested = False
+        self.signum: int | None = None
         self.observer = observer
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def _handler(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        self.observer.message("interrupt: finishing this step, then saving (Ctrl-C again to abort)")
+        self.signum = signum
+        name = signal.Signals(signum).name
+        self.observer.message(f"{name}: finishing this step, then saving (again to abort)")
 
     @contextlib.contextmanager
     def installed(self):
         try:
-            previous = signal.signal(signal.SIGINT, self._handler)
+            previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave the default behaviour
             yield self
             return
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+@dataclass
+class _StepStart:
+    """What a step changes before its update: restored to save the last good state when
+    the step fails before the optimiser has moved."""
+
+    stream: dict
+    generator: torch.Tensor
+    rng: tuple
+    torch_rng: torch.Tensor
+    optimizer_steps: int
+
+    @classmethod
+    def take(cls, stream, generator, rng, optimizer) -> _StepStart:
+        return cls(
+            stream.state_dict(), generator.get_state(), rng.getstate(),
+            torch.get_rng_state(), _optimizer_steps(optimizer),
+        )  # fmt: skip
+
+    def restore(self, stream, generator, rng) -> None:
+        stream.load_state_dict(self.stream)
+        generator.set_state(self.generator)
+        rng.setstate(self.rng)
+        torch.set_rng_state(self.torch_rng)
+
+
+def _optimizer_steps(optimizer) -> int:
+    """How many steps the optimiser has taken (AdamW counts them per parameter)."""
+    for state in optimizer.state.values():
+        return int(state.get("step", 0))
+    return 0
 
 
 def _trainer_state(step, run_id, stream, optim_state, scheduler, generators, rng) -> dict:
@@ -182,10 +225,14 @@ def run_training(
     if dist.main:
         for leftover in ckpt.remove_leftovers(out_dir):
             observer.message(f"removed {leftover.name}, left by a save that was killed")
-    resume_from = ckpt.latest_checkpoint(out_dir) if resume else None
-    if resume and resume_from is None:
-        raise DapoError(f"--resume: no checkpoint under {out_dir}; start without --resume")
-    state = ckpt.load_trainer_state(resume_from) if resume_from is not None else None
+    resume_from, state = None, None
+    if resume:
+        point = ckpt.resume_point(out_dir)
+        if point is None:
+            raise DapoError(f"--resume: no checkpoint under {out_dir}; start without --resume")
+        resume_from, state, skipped = point
+        for problem in skipped:
+            observer.message(f"resume: passed over a broken checkpoint: {problem}")
 
     samples = load_samples(config, observer)
     _check_sandbox(config, samples, observer)
@@ -287,16 +334,24 @@ def run_training(
         dist.barrier()
 
     history: list[dict[str, float]] = []
-    status = "completed"
+    status, note = "completed", ""
     tensorboard = _tensorboard_writer(out_dir, run_id, observer) if dist.main else None
     interrupt = _GracefulInterrupt(observer)
+    first_step = step
     try:
         with interrupt.installed():
             while step < t.steps:
-                metrics = rollout_step(
-                    policy, optimizer, scheduler, stream, config, generator, rng, reference, dist,
-                    trained, engine,
-                )  # fmt: skip
+                start = _StepStart.take(stream, generator, rng, optimizer)
+                try:
+                    metrics = rollout_step(
+                        policy, optimizer, scheduler, stream, config, generator, rng, reference,
+                        dist, trained, engine,
+                    )  # fmt: skip
+                except Converged as done:
+                    status, note = "converged", str(done)
+                    observer.message(note)
+                    break
+                start = None  # the step is done: the live state is the good state
                 step += 1
                 history.append(metrics)
                 if store is not None:
@@ -315,12 +370,14 @@ def run_training(
                 if stop:
                     status = "interrupted"
                     break
-    except BaseException:
+    except BaseException as exc:
         if store is not None:
             store.finish_run(run_id, "failed" if not interrupt.requested else "interrupted")
+        if isinstance(exc, Exception) and step > first_step:
+            _rescue(step, start, save, stream, generator, rng, optimizer, out_dir, dist, observer)
         raise
     final_dir = None
-    if status == "completed":
+    if status in ("completed", "converged"):
         final_dir = out_dir / ckpt.FINAL_NAME
         save(final_dir)
     if store is not None:
@@ -331,7 +388,7 @@ def run_training(
         dist.barrier()  # vLLM's shutdown also ends the launcher's process group
         engine.close()
     dist.close()  # every rank leaves together (see Dist.close)
-    return TrainResult(run_id, status, step, final_dir, db_path, history)
+    return TrainResult(run_id, status, step, final_dir, db_path, history, interrupt.signum, note)
 
 
 def _check_sandbox(config: Config, samples: list[dict[str, Any]], observer) -> None:
@@ -344,6 +401,36 @@ def _check_sandbox(config: Config, samples: list[dict[str, Any]], observer) -> N
         observer.message(f"{warning}sandbox for code rewards: {status}")
 
 
+def _rescue(step, start, save, stream, generator, rng, optimizer, out_dir, dist, observer):
+    """Something failed after this run trained: keep what it trained. Between steps
+    (``start`` None), or inside a step whose optimiser had not yet moved, the weights and
+    optimiser are the last good state: with the step's data position and random streams put
+    back, it is saved as step ``step``'s checkpoint (what ``--resume`` picks up). Otherwise
+    (or under several processes, where a save is a collective the failed rank cannot join)
+    the latest checkpoint is named."""
+    target = ckpt.step_dir(out_dir, step)
+    latest = ckpt.latest_checkpoint(out_dir)
+    intact = start is None or _optimizer_steps(optimizer) == start.optimizer_steps
+    if not dist.active and intact:
+        if latest != target:
+            if start is not None:
+                start.restore(stream, generator, rng)
+            try:
+                save(target)
+            except Exception as exc:  # noqa: BLE001  (the original error is the one to raise)
+                observer.message(f"could not save the last good state ({exc})")
+                return
+        observer.message(
+            f"saved the last good state (step {step}) to {target}; continue: the same "
+            "command with --resume"
+        )
+    elif latest is not None:
+        observer.message(
+            f"the failed step had started to update the weights; the latest checkpoint is "
+            f"{latest}; continue from it: the same command with --resume"
+        )
+
+
 def _kl_reference_source(source, warm_started, state, policy, out_dir, dist) -> str:
     """Where the KL penalty's reference lies: the run's starting policy (after any warm
     start), recorded in the trainer state so that a resumed run keeps its objective. A
@@ -353,7 +440,7 @@ def _kl_reference_source(source, warm_started, state, policy, out_dir, dist) -> 
         where = state.get("kl_reference")
         if where is None:
             raise DapoError(
-                f"--resume: the checkpoint does not record its run's KL reference (saved "
+                "--resume: the checkpoint does not record its run's KL reference (saved "
                 "without algorithm.kl_coef, or by an older dapo_cli); resume with "
                 "algorithm.kl_coef=0 or start a new run"
             )

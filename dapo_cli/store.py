@@ -37,7 +37,7 @@ from dapo_cli.records import FIELDS, validate_record
 from dapo_cli.tasks.base import canonical_json
 
 RUN_KINDS = ("train", "eval", "sft")
-RUN_STATUSES = ("running", "completed", "failed", "interrupted")
+RUN_STATUSES = ("running", "completed", "converged", "failed", "interrupted")
 BUSY_TIMEOUT_S = 30.0
 
 
@@ -262,7 +262,8 @@ class Store:
             raise DapoError(f"{self.path}: no run {run_id!r}") from None
 
     def finish_run(self, run_id: str, status: str) -> None:
-        """Mark a run completed, failed or interrupted, stamping ``ended_at``."""
+        """Mark a run completed, converged (stopped early), failed or interrupted, stamping
+        ``ended_at``."""
         if status not in RUN_STATUSES:
             raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
         with self._write():

@@ -145,16 +145,9 @@ def collect_batch(
     n_kept = n_groups = n_batches = n_informative = 0
     seen = {"reward": [], "correct": [], "length": [], "truncated": [], "entropy": []}
     while n_kept < want:
-        if a.dynamic_sampling and t.max_num_gen_batches and n_batches >= t.max_num_gen_batches:
-            if t.on_gen_cap == "continue" and n_kept > 0:
-                break
-            raise DapoError(
-                f"dynamic sampling found only {n_kept} of {want} prompts with signal (neither "
-                f"all-correct nor all-wrong) in {n_batches} generation batches "
-                f"(train.max_num_gen_batches); use data nearer the model's level, raise the cap "
-                f"(--set train.max_num_gen_batches=0 for no cap), or "
-                f"--set train.on_gen_cap=continue to train on partial batches"
-            )
+        capped = a.dynamic_sampling and 0 < t.max_num_gen_batches <= n_batches
+        if capped and _at_gen_cap(t.on_gen_cap, n_kept, want, n_batches, seen["correct"], G):
+            break  # train on the partial batch
         samples = stream.take(per_batch)
         rollout, reward, correct = _sample_and_score(
             policy, samples[dist.shard(len(samples))], config, generator, engine
@@ -206,8 +199,40 @@ def collect_batch(
         # over every generated token (response mask, truncated responses included)
         entropy_sum = float(sum(float(e.sum()) for e in seen["entropy"]))
         stats["entropy"] = entropy_sum / max(float(lengths.sum()), 1.0)
+    stats["batch_fill"] = n_kept / want  # < 1: a partial batch (train.on_gen_cap=continue)
     old_from_update = old_logprobs_source(config, policy, engine) == "update"
     return Batch(rollout, advantages, loss_mask, stats, old_from_update)
+
+
+class Converged(Exception):  # noqa: N818  (an outcome, not an error)
+    """Dynamic sampling cannot fill a batch because the model answers (nearly) every group
+    the same way, mostly correctly: it has learned this data. The run stops, as a success."""
+
+
+def _at_gen_cap(on_cap: str, n_kept: int, want: int, n_batches: int, correct, G: int) -> bool:
+    """Dynamic sampling reached ``train.max_num_gen_batches`` with ``n_kept`` of ``want``
+    prompts with signal. True: train on the partial batch. Else raises: ``Converged`` when
+    the groups seen were mostly all-correct (on_cap continue, with nothing kept, or stop),
+    or a DapoError saying what to change (on_cap error, or mostly all-wrong groups)."""
+    groups = torch.cat(correct).float().view(-1, G).mean(1)  # (N,) each group's accuracy
+    all_correct, all_wrong = (
+        float((groups == 1).float().mean()),
+        float((groups == 0).float().mean()),
+    )
+    found = (
+        f"dynamic sampling found {n_kept} of {want} prompts with signal (neither all-correct "
+        f"nor all-wrong) in {n_batches} generation batches (train.max_num_gen_batches); "
+        f"{all_correct:.0%} of the groups were all-correct, {all_wrong:.0%} all-wrong"
+    )
+    if on_cap == "continue" and n_kept > 0:
+        return True
+    if on_cap != "error" and all_correct >= all_wrong:
+        raise Converged(f"converged: {found}: the model has learned this data")
+    partial = ", or --set train.on_gen_cap=continue to train on partial batches"
+    raise DapoError(
+        f"{found}; use data nearer the model's level or raise the cap (--set "
+        f"train.max_num_gen_batches=0 for no cap){partial if on_cap == 'error' else ''}"
+    )
 
 
 def _sample_and_score(

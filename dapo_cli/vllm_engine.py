@@ -80,7 +80,6 @@ def padded(
     return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
 
 
-@torch.inference_mode()
 class VllmEngine:
     """A vLLM ``LLM`` over the policy's weights, in this process (no engine subprocess, so
     the weights can be copied in directly). Under ``accelerate launch``/``torchrun`` each

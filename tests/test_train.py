@@ -27,18 +27,6 @@ register_verifier("test-never", lambda s, c: Score.binary(False))
 register_verifier("test-always", lambda s, c: Score.binary(True))
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "parity.jsonl"
-    rows = [
-        {"task_type": "test-parity", "prompt": f"Tell me about the number {i}.", "answer": "x",
-         "split": "train"}
-        for i in range(40)
-    ]  # fmt: skip
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def make_config(tmp_path, data_file, *extra):
     return load_config(None, [
         f"data.path={data_file}", "warm_start.enabled=off", "rollout.group_size=4",
@@ -87,8 +75,11 @@ class Crash(Exception):
 
 
 class CrashAt(TrainObserver):
-    def __init__(self, step):
-        self.step = step
+    def __init__(self, step, said=None):
+        self.step, self.said = step, said if said is not None else []
+
+    def message(self, text):
+        self.said.append(text)
 
     def train_step(self, step, total, metrics):
         if step == self.step:
@@ -98,14 +89,16 @@ class CrashAt(TrainObserver):
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, data_file):
     straight = run_training(make_config(tmp_path / "a", data_file, "train.steps=4"))
     cfg = make_config(tmp_path / "b", data_file, "train.steps=4")
-    with pytest.raises(Crash):  # dies after step 3; the checkpoint of step 2 survives
-        run_training(cfg, observer=CrashAt(3))
+    said = []
+    with pytest.raises(Crash):  # dies after step 3 (once it is done: it is saved as it dies)
+        run_training(cfg, observer=CrashAt(3, said))
+    assert any("saved the last good state (step 3)" in m and "--resume" in m for m in said)
     resumed = run_training(cfg, resume=True)
     assert resumed.status == "completed" and resumed.steps == 4
     a, b = weights(straight.final_dir), weights(resumed.final_dir)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
     assert [h["reward_mean"] for h in resumed.history] == [
-        h["reward_mean"] for h in straight.history[2:]
+        h["reward_mean"] for h in straight.history[3:]
     ]
     store = Store(tmp_path / "b" / "d.db", create=False)
     steps = [r["step"] for r in store.metrics(resumed.run_id, "reward_mean")]
@@ -132,7 +125,7 @@ def test_bf16_trains_fp32_master_weights_and_resumes_from_them(tmp_path, data_fi
     assert moved > 0.5 * sum(v.numel() for v in before.values())
 
     cfg = make_config(tmp_path / "b", data_file, *extra)
-    with pytest.raises(Crash):  # dies after step 3; the checkpoint of step 2 survives
+    with pytest.raises(Crash):  # dies after step 3, which is saved as it dies
         run_training(cfg, observer=CrashAt(3))
     resumed = run_training(cfg, resume=True)
     b = weights(resumed.final_dir)
@@ -148,9 +141,9 @@ def test_dynamic_sampling_cap_says_what_to_change(tmp_path, data_file):
     rows = [json.loads(line) for line in data_file.read_text().splitlines()]
     never = tmp_path / "never.jsonl"
     never.write_text("".join(json.dumps({**r, "task_type": "test-never"}) + "\n" for r in rows))
-    cfg = make_config(tmp_path, never, "train.max_num_gen_batches=3")
-    with pytest.raises(DapoError, match=r"only 0 of 2 prompts.*in 3 generation batches.*"
-                       r"max_num_gen_batches=0.*on_gen_cap=continue"):  # fmt: skip
+    cfg = make_config(tmp_path, never, "train.max_num_gen_batches=3", "train.on_gen_cap=error")
+    with pytest.raises(DapoError, match=r"found 0 of 2 prompts.*in 3 generation batches.*"
+                       r"100% all-wrong.*max_num_gen_batches=0.*on_gen_cap=continue"):  # fmt: skip
         run_training(cfg)
     store = Store(tmp_path / "d.db", create=False)
     assert store.runs("train")[-1]["status"] == "failed"
@@ -462,12 +455,12 @@ def test_resume_keeps_the_kl_reference_of_the_run(tmp_path, data_file):
     extra = ("algorithm.kl_coef=0.5", "train.steps=4", "algorithm.overlong_filtering=false")
     straight = run_training(make_config(tmp_path / "a", data_file, *extra))
     cfg = make_config(tmp_path / "b", data_file, *extra)
-    with pytest.raises(Crash):  # dies after step 3; the checkpoint of step 2 survives
+    with pytest.raises(Crash):  # dies after step 3, which is saved as it dies
         run_training(cfg, observer=CrashAt(3))
     resumed = run_training(cfg, resume=True)
     a, b = weights(straight.final_dir), weights(resumed.final_dir)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run optimised another objective"
-    assert [h["kl_ref"] for h in resumed.history] == [h["kl_ref"] for h in straight.history[2:]]
+    assert [h["kl_ref"] for h in resumed.history] == [h["kl_ref"] for h in straight.history[3:]]
 
 
 def test_a_named_model_warm_start_is_the_kl_reference(tmp_path, data_file):

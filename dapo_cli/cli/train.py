@@ -29,9 +29,13 @@ _STEP_FIELDS = (
 
 
 def format_step(metrics: dict[str, float]) -> str:
-    return "  ".join(
+    """One line per step; ``partial 0.69`` when dynamic sampling filled only that share of
+    the batch (train.on_gen_cap=continue)."""
+    line = "  ".join(
         f"{label} {fmt.format(metrics[key])}" for label, key, fmt in _STEP_FIELDS if key in metrics
     )
+    fill = metrics.get("batch_fill", 1.0)
+    return line + (f"  partial {fill:.2f}" if fill < 1.0 else "")
 
 
 class RichObserver(TrainObserver):
@@ -117,8 +121,10 @@ def train(
     verifiers, keep groups with signal, and apply the clipped token-level update.
 
     With no arguments it trains the embedded tiny model (warm-started by a short supervised
-    phase, cached) on freshly generated tasks, offline. Ctrl-C finishes the step, saves a
-    checkpoint and exits; `--resume` continues from it.
+    phase, cached) on freshly generated tasks, offline. Ctrl-C or SIGTERM finishes the step,
+    saves a checkpoint and exits (130 / 143); `--resume` continues from it. A step that fails
+    after training began saves the last good state first. When the model has learned the
+    data (dynamic sampling finds no group with signal), the run stops early as converged.
     """
     from dapo_cli.runner import run_training  # torch and transformers load only when training
 
@@ -138,11 +144,16 @@ def train(
     console.print(_summary(result))
     console.print(f"checkpoint: {result.final_dir or '(the latest step checkpoint)'}")
     console.print(f"metrics:    {result.db_path} (run {result.run_id})")
+    partial = sum(h.get("batch_fill", 1.0) < 1.0 for h in result.history)
+    if partial:
+        console.print(f"partial batches: {partial} of {len(result.history)} steps")
+    if result.status == "converged":
+        console.print(f"stopped early at step {result.steps}: {result.note}", soft_wrap=True)
     if result.status == "interrupted":
         console.print(
             f"interrupted at step {result.steps}; continue: the same command with --resume"
         )
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (result.signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 def _summary(result) -> Table:
