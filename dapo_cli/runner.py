@@ -29,6 +29,7 @@ from dapo_cli.paths import resolve_db_path
 from dapo_cli.policy import Policy, load_policy
 from dapo_cli.records import read_records
 from dapo_cli.rewards import require_sandbox_for
+from dapo_cli.runlog import LoggedObserver, RunLog, log_path
 from dapo_cli.sft import supervised_warm_start
 from dapo_cli.sharding import (
     fsdp_options,
@@ -221,6 +222,9 @@ def run_training(
         raise DapoError(INSTALL_HINT)  # before any work
     dist = from_env()
     observer = observer if observer is not None and dist.main else TrainObserver()
+    log = RunLog()  # the run's plain-text log, opened once the run has its id
+    if dist.main:
+        observer = LoggedObserver(observer, log)
     out_dir = Path(config.output.output_dir)
     if dist.main:
         for leftover in ckpt.remove_leftovers(out_dir):
@@ -322,6 +326,8 @@ def run_training(
         observer.message(f"resumed from {resume_from} at step {step}")
     elif store is not None:
         run_id = store.start_run("train", config.to_dict(), source)
+    if dist.main:
+        observer.message(f"log: {log.open(log_path(db_path, 'train', run_id))}")
 
     def save(path: Path) -> None:
         generators = dist.gather(generator.get_state())  # collective: every rank calls it
@@ -375,6 +381,8 @@ def run_training(
             store.finish_run(run_id, "failed" if not interrupt.requested else "interrupted")
         if isinstance(exc, Exception) and step > first_step:
             _rescue(step, start, save, stream, generator, rng, optimizer, out_dir, dist, observer)
+        log.line(f"failed at step {step}: {type(exc).__name__}: {exc}")
+        log.close()
         raise
     final_dir = None
     if status in ("completed", "converged"):
@@ -382,6 +390,10 @@ def run_training(
         save(final_dir)
     if store is not None:
         store.finish_run(run_id, status)
+    log.line(
+        f"{status} after {step} steps" + (f"; final checkpoint {final_dir}" if final_dir else "")
+    )
+    log.close()
     if tensorboard is not None:
         tensorboard.close()
     if engine is not None:

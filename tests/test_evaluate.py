@@ -1,6 +1,9 @@
 """avg@k and pass@k, checked by hand; `dapo eval` compares models on the same prompts."""
 
 import json
+import os
+import subprocess
+import sys
 from math import comb
 
 import pytest
@@ -95,3 +98,35 @@ def test_cli_eval_bad_input_is_one_line(tmp_path, math_file, args, message):
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_eval_through_a_pipe_keeps_every_figure_whole(tmp_path, math_file):
+    """Three models, output to a pipe at 80 columns (a log, CI): no figure is cut to '…'."""
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dapo_cli", "eval", "--model", "tiny-1m", "--model", "tiny-1m",
+         "--model", "tiny-1m", "--data", str(math_file), "--k", "2", "--max-new-tokens", "4",
+         "--db-path", str(tmp_path / "d.db"), "--output", str(tmp_path / "r.json")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    summary = json.loads((tmp_path / "r.json").read_text())["models"][0]["summary"]
+    row = next(line for line in done.stdout.splitlines() if line.strip().startswith("all"))
+    want = [f"{summary['all']['avg@2']:.3f}", f"{summary['all']['pass@2']:.3f}"]
+    assert all(row.count(figure) >= 3 for figure in want), row  # each model's, whole
+
+
+def test_eval_json_prints_only_the_summary_and_every_run_has_a_log(tmp_path, math_file):
+    db = tmp_path / "d.db"
+    result = CliRunner().invoke(app, [
+        "eval", "--model", "tiny-1m", "--data", str(math_file), "--k", "2",
+        "--max-new-tokens", "4", "--db-path", str(db), "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)  # stdout is the JSON and nothing else
+    (model,) = payload["models"]
+    assert model["model"] == "tiny-1m" and "samples" not in model
+    assert 0 <= model["summary"]["all"]["avg@2"] <= 1 and payload["settings"]["k"] == 2
+    log = (tmp_path / "logs" / f"eval-{model['run_id']}.log").read_text()
+    assert "eval of tiny-1m" in log and f"avg@2={model['summary']['all']['avg@2']:.6g}" in log

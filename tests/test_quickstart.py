@@ -35,6 +35,8 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
         kinds = [r["kind"] for r in store.runs()]
         assert kinds.count("eval") == 2 and "sft" in kinds and "train" in kinds
         assert {s["split"] for s in store.samples()} == {"train", "test"}
+        logs = sorted(p.name for p in (tmp_path / "data" / "logs").iterdir())
+        assert logs == sorted(f"{r['kind']}-{r['id']}.log" for r in store.runs())  # each run's
 
 
 def test_quickstart_rejects_bad_sizes(tmp_path):

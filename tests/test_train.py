@@ -187,6 +187,9 @@ def test_cli_train_runs_and_bad_flags_fail_before_work(tmp_path, data_file):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "step    2" in result.output and "dapo_final" in result.output
+    (log,) = (tmp_path / "logs").glob("train-*.log")  # plain text beside the store, to grep
+    text = log.read_text()
+    assert "model: " in text and "step 2/2 reward_mean=" in text and "completed after 2" in text
     assert re.search(r"model: \S+tiny-1m \(1\.0M parameters, float32\) on cpu", result.output)
     bad = runner.invoke(app, [*args, "--set", "train.lrr=1"])
     assert bad.exit_code == 1

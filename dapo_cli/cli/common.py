@@ -60,6 +60,17 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def print_whole(renderable: Any) -> None:
+    """Print a table on stdout; when stdout is not a terminal (a pipe, a log file, CI), at
+    the width it needs, so no figure is cut to an ellipsis to fit 80 columns."""
+    if console.is_terminal or console.quiet:
+        console.print(renderable)
+        return
+    wide = Console(width=100_000, no_color=True)
+    width = wide.measure(renderable).maximum
+    Console(file=sys.stdout, width=max(width, 20), no_color=True).print(renderable)
+
+
 def parse_csv_option(value: str | None) -> list[str] | None:
     """``"a,b, c"`` -> ``["a", "b", "c"]``; None stays None."""
     if value is None:

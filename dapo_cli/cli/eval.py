@@ -12,7 +12,7 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dapo_cli.cli.common import console, parse_csv_option, user_errors
+from dapo_cli.cli.common import console, err_console, parse_csv_option, print_whole, user_errors
 from dapo_cli.errors import DapoError
 from dapo_cli.records import atomic_file
 
@@ -76,12 +76,17 @@ def eval_(
         Path | None, typer.Option(help="Write per-sample completions and scores as JSON.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed (the same for every model).")] = 0,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the summary as one JSON object on stdout, only that."),
+    ] = False,
 ) -> None:
     """Evaluate models on held-out samples: avg@k (mean correctness over k samples per prompt)
     and pass@k (unbiased estimator) per task type, mean reward, length and truncation rate.
 
     Several --model are evaluated on exactly the same prompts with the same seed and shown
-    side by side with the difference. Results are stored in the SQLite store as eval runs.
+    side by side with the difference. Results are stored in the SQLite store as eval runs,
+    each with a plain-text log beside the store (logs/eval-<run id>.log).
     """
     if k < 1:
         raise DapoError(f"--k must be at least 1, got {k}")
@@ -92,12 +97,13 @@ def eval_(
 
     isolation = require_sandbox_for({s["task_type"] for s in samples})
     if isolation is not None and not isolation.startswith("bubblewrap"):
-        console.print(f"[yellow]WARNING: sandbox for code rewards: {isolation}")
+        err_console.print(f"[yellow]WARNING: sandbox for code rewards: {isolation}")
 
     from dapo_cli.cli.train import quiet_transformers
     from dapo_cli.evaluate import generate_and_score, summarize
     from dapo_cli.paths import resolve_db_path
     from dapo_cli.policy import load_policy
+    from dapo_cli.runlog import RunLog, log_path, metrics_text
     from dapo_cli.store import Store
 
     quiet_transformers()
@@ -111,19 +117,23 @@ def eval_(
     results: list[dict[str, Any]] = []
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True,
+        TimeElapsedColumn(), console=err_console if as_json else console, transient=True,
     ) as progress:  # fmt: skip
         for name, policy in policies:
             bar = progress.add_task(f"eval {Path(name).name}", total=len(samples))
             run_id = store.start_run("eval", settings, name)
+            log = RunLog()
+            log.open(log_path(store.path, "eval", run_id))
+            log.line(f"eval of {name}: {json.dumps(settings)}")
             try:
                 rows = generate_and_score(
                     policy, samples, k=n, temperature=temperature, top_p=top_p,
                     greedy=greedy, max_new_tokens=max_new_tokens, seed=seed,
                     on_progress=lambda m, bar=bar: progress.advance(bar, m),
                 )  # fmt: skip
-            except BaseException:
+            except BaseException as exc:
                 store.finish_run(run_id, "failed")
+                log.line(f"failed: {type(exc).__name__}: {exc}")
                 raise
             summary = summarize(rows, n)
             store.log_metrics(
@@ -131,10 +141,18 @@ def eval_(
                 {f"{t}/{m}": v for t, ms in summary.items() for m, v in ms.items()},
             )  # fmt: skip
             store.finish_run(run_id, "completed")
+            for task_type, metrics in summary.items():
+                log.line(f"{task_type} {metrics_text(metrics)}")
+            log.close()
             results.append({"model": name, "run_id": run_id, "summary": summary, "samples": rows})
-    console.print(comparison_table(results, n, split, len(samples)))
     if output is not None:
         _write_json(output, {"settings": settings, "models": results})
+    if as_json:
+        brief = [{k: v for k, v in r.items() if k != "samples"} for r in results]
+        typer.echo(json.dumps({"settings": settings, "models": brief}, ensure_ascii=False))
+        return
+    print_whole(comparison_table(results, n, split, len(samples)))
+    if output is not None:
         console.print(f"per-sample results: {output}")
 
 

@@ -16,7 +16,7 @@ import typer
 from rich.rule import Rule
 from rich.table import Table
 
-from dapo_cli.cli.common import console, user_errors
+from dapo_cli.cli.common import console, print_whole, user_errors
 from dapo_cli.errors import DapoError
 
 app = typer.Typer()
@@ -135,14 +135,14 @@ def quickstart(
                                  str(eval_prompts), "--output", str(results)])  # fmt: skip
     eval_cmd.eval_(model=[str(warm), str(final)], data=None, db_path=db_path, split="test", k=k,
                    temperature=1.0, top_p=0.7, greedy=False, max_new_tokens=64, task_types=None,
-                   limit=eval_prompts, output=results, seed=seed)  # fmt: skip
+                   limit=eval_prompts, output=results, seed=seed, as_json=False)  # fmt: skip
     times["evaluation"] = time.perf_counter() - t
     total = time.perf_counter() - started
 
     console.print(Rule("[bold]5/5 summary", align="left"))
     with Store(db_path, create=False) as store:
         before, after = (_eval_metrics(store, run) for run in store.runs("eval")[-2:])
-    console.print(summary_table(before, after, k))
+    print_whole(summary_table(before, after, k))
     console.print(
         "time: " + ", ".join(f"{name} {sec:.0f} s" for name, sec in times.items())
         + f"; total {total / 60:.1f} min"

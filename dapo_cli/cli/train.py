@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dapo_cli.cli.common import console, user_errors
+from dapo_cli.cli.common import console, print_whole, user_errors
 from dapo_cli.config import load_config
 from dapo_cli.observer import TrainObserver
 
@@ -141,7 +141,7 @@ def train(
     quiet_transformers()
     with _progress() as progress:
         result = run_training(cfg, resume=resume, observer=RichObserver(progress))
-    console.print(_summary(result))
+    print_whole(_summary(result))
     console.print(f"checkpoint: {result.final_dir or '(the latest step checkpoint)'}")
     console.print(f"metrics:    {result.db_path} (run {result.run_id})")
     partial = sum(h.get("batch_fill", 1.0) < 1.0 for h in result.history)
@@ -202,6 +202,7 @@ def sft(
     from dapo_cli.paths import resolve_db_path
     from dapo_cli.policy import load_policy
     from dapo_cli.records import read_records
+    from dapo_cli.runlog import RunLog, log_path
     from dapo_cli.sft import supervised_warm_start
     from dapo_cli.store import Store
 
@@ -220,6 +221,9 @@ def sft(
     store = Store(resolve_db_path(db_path))
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": str(data)}
     run_id = store.start_run("sft", settings, model or "embedded")
+    log = RunLog()
+    console.print(f"[dim]log: {log.open(log_path(store.path, 'sft', run_id))}", highlight=False)
+    log.line(f"sft of {model or 'embedded'} on {len(samples)} samples: {settings}")
     with _progress() as progress:
         bar = progress.add_task("sft", total=steps, info="")
 
@@ -227,18 +231,23 @@ def sft(
             progress.update(bar, completed=step, info=f"loss {loss:.3f}")
             if step % 10 == 0 or step == steps:
                 store.log_metrics(run_id, step, {"loss": loss})
+                log.line(f"sft step {step}/{steps} loss={loss:.6g}")
 
         try:
             summary = supervised_warm_start(
                 policy, samples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                 on_step=on_step,
             )  # fmt: skip
-        except BaseException:
+        except BaseException as exc:
             store.finish_run(run_id, "failed")
+            log.line(f"failed: {type(exc).__name__}: {exc}")
             raise
     checkpoint.save_checkpoint(output, policy.model, policy.tokenizer)
     store.finish_run(run_id, "completed")
-    console.print(
+    done = (
         f"sft: loss {summary['loss_final']:.3f} after {int(summary['steps'])} steps "
         f"({summary['seconds']:.0f} s); saved to {output}"
     )
+    log.line(done)
+    log.close()
+    console.print(done)
