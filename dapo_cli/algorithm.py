@@ -65,11 +65,6 @@ def keep_informative_groups(correct: Tensor, group_size: int) -> Tensor:
     return (n_correct > 0) & (n_correct < group_size)  # (N,)
 
 
-def expand_to_samples(group_mask: Tensor, group_size: int) -> Tensor:
-    """A per-group value (N,) repeated for each of its G samples: (N·G,)."""
-    return group_mask.repeat_interleave(group_size)  # (N·G,)
-
-
 def soft_overlong_penalty(lengths: Tensor, max_len: int, cache_len: int) -> Tensor:
     """Soft overlong punishment, DAPO Eq. 13, added to the correctness reward.
 

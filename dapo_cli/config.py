@@ -1,6 +1,6 @@
 """The one typed configuration of a training run. Each field is documented once, here: its
 default, meaning and the DAPO paper's value. ``templates/default.yaml`` and the config
-reference in the README are rendered from these definitions (``render_yaml``).
+reference in docs/configuration.md are rendered from these definitions (``render_yaml``).
 
 Load with :func:`load_config` (YAML file + ``section.key=value`` overrides); unknown keys
 and ill-typed values fail before any work, naming the field.
@@ -393,8 +393,17 @@ def render_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_yaml(config: Config) -> str:
+    """One run's configuration as YAML that ``load_config`` reads back to an equal ``Config``
+    (saved as ``output_dir/config.yaml``, what ``dapo train --config ... --resume`` takes)."""
+    import yaml
+
+    header = "# dapo_cli run configuration; continue: dapo train --config <this file> --resume\n"
+    return header + yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+
+
 def reference_table() -> str:
-    """The config reference as a Markdown table (for the README)."""
+    """The config reference as a Markdown table (for docs/configuration.md)."""
     rows = ["| field | default | meaning | paper |", "|---|---|---|---|"]
     for section in dataclasses.fields(Config):
         for f in dataclasses.fields(section.default_factory()):

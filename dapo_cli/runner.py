@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import random
+import shlex
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +21,11 @@ import torch
 
 from dapo_cli import checkpoint as ckpt
 from dapo_cli import sandbox
-from dapo_cli.config import Config
+from dapo_cli.config import Config, to_yaml
 from dapo_cli.datagen import generate_dataset
 from dapo_cli.distributed import Dist, from_env
 from dapo_cli.errors import DapoError
-from dapo_cli.models import embedded_base, models_root
+from dapo_cli.models import count_parameters, embedded_base, models_root
 from dapo_cli.observer import TrainObserver
 from dapo_cli.paths import resolve_db_path
 from dapo_cli.policy import Policy, load_policy
@@ -46,6 +48,7 @@ from dapo_cli.vllm_engine import INSTALL_HINT, VllmEngine, vllm_available
 # With no data given: number puzzles (many correct answers, checked by their properties), a
 # task a ~1M-parameter model learns in minutes on a CPU and where the reward teaches more than
 # the reference answers do (the full task mix needs a larger model or a longer warm start).
+CONFIG_FILE = "config.yaml"  # the run's configuration, in output_dir
 DEFAULT_DATA = {"num_samples": 12000, "task_types": ["puzzle"], "difficulty": "mixed"}
 
 
@@ -328,6 +331,7 @@ def run_training(
         run_id = store.start_run("train", config.to_dict(), source)
     if dist.main:
         observer.message(f"log: {log.open(log_path(db_path, 'train', run_id))}")
+        _save_config(config, out_dir)
 
     def save(path: Path) -> None:
         generators = dist.gather(generator.get_state())  # collective: every rank calls it
@@ -433,14 +437,27 @@ def _rescue(step, start, save, stream, generator, rng, optimizer, out_dir, dist,
                 observer.message(f"could not save the last good state ({exc})")
                 return
         observer.message(
-            f"saved the last good state (step {step}) to {target}; continue: the same "
-            "command with --resume"
+            f"saved the last good state (step {step}) to {target}; continue: "
+            f"{resume_command(out_dir)}"
         )
     elif latest is not None:
         observer.message(
             f"the failed step had started to update the weights; the latest checkpoint is "
-            f"{latest}; continue from it: the same command with --resume"
+            f"{latest}; continue from it: {resume_command(out_dir)}"
         )
+
+
+def _save_config(config: Config, out_dir: Path) -> None:
+    """The run's configuration beside its checkpoints, so that it can be resumed by name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".config.yaml.{os.getpid()}"
+    tmp.write_text(to_yaml(config), encoding="utf-8")
+    tmp.replace(out_dir / CONFIG_FILE)
+
+
+def resume_command(out_dir: str | os.PathLike) -> str:
+    """The command that continues the run writing to ``out_dir``."""
+    return f"dapo train --config {shlex.quote(str(Path(out_dir) / CONFIG_FILE))} --resume"
 
 
 def _kl_reference_source(source, warm_started, state, policy, out_dir, dist) -> str:
@@ -477,7 +494,7 @@ def _model_line(source: str, policy: Policy, dist: Dist) -> str:
         where = f"cpu ({threads} thread{'s' if threads != 1 else ''})"
     else:
         where = str(device)
-    n = sum(p.numel() for p in policy.model.parameters())
+    n = count_parameters(policy.model)
     dtype = str(policy.model.dtype).removeprefix("torch.")
     each = f" x {dist.world} processes" if dist.active else ""
     return f"model: {source} ({n / 1e6:.1f}M parameters, {dtype}) on {where}{each}"

@@ -7,7 +7,6 @@ import torch
 
 from dapo_cli.algorithm import (
     entropy_from_logits,
-    expand_to_samples,
     group_advantages,
     keep_informative_groups,
     masked_mean,
@@ -264,8 +263,6 @@ def test_keep_informative_groups():
     assert keep.tolist() == [True, False, False, True] and keep.dtype == torch.bool
     # G = 1: a lone sample never carries signal
     assert keep_informative_groups(torch.tensor([True, False]), 1).tolist() == [False, False]
-    # per-group mask → per-sample mask
-    assert expand_to_samples(keep, 4).tolist() == [True] * 4 + [False] * 8 + [True] * 4
     with pytest.raises(ValueError):
         keep_informative_groups(correct, 3)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dapo_cli.config import Config, load_config, reference_table, render_yaml
+from dapo_cli.config import Config, load_config, reference_table, render_yaml, to_yaml
 from dapo_cli.errors import DapoError
 from dapo_cli.paths import templates_dir
 
@@ -24,6 +24,18 @@ def test_every_field_is_documented_in_yaml_and_table():
         for key in values:
             assert f"  {key}: " in text
             assert f"`{section}.{key}`" in table
+
+
+def test_a_run_config_saved_as_yaml_loads_back_equal(tmp_path: Path):
+    """output_dir/config.yaml is what the printed resume command reads."""
+    config = load_config(
+        None,
+        ["model.name=my model: v2", "data.task_types=[puzzle, math]", "algorithm.dual_clip=3",
+         "train.lr=3e-7", "rollout.top_p=0.95", "warm_start.enabled=off"],
+    )  # fmt: skip
+    (tmp_path / "c.yaml").write_text(to_yaml(config), encoding="utf-8")
+    assert load_config(tmp_path / "c.yaml") == config
+    assert load_config(tmp_path / "c.yaml") != Config()
 
 
 def test_overrides_are_typed():
@@ -73,8 +85,8 @@ def test_bad_files(tmp_path: Path):
         load_config(bad)
 
 
-def test_readme_config_reference_is_the_generated_table():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def test_docs_config_reference_is_the_generated_table():
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
     assert readme.split(start, 1)[1].split(end, 1)[0] == reference_table()
 

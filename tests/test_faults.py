@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from dapo_cli import checkpoint as ckpt
 from dapo_cli import trainer
 from dapo_cli.cli.app import app
+from dapo_cli.config import load_config
 from dapo_cli.errors import DapoError
 from dapo_cli.models import embedded_base
 from dapo_cli.rewards import register_verifier
@@ -59,9 +60,12 @@ def test_a_failure_inside_a_step_saves_the_last_good_state_and_resume_finishes_i
     with pytest.raises(RuntimeError, match="boom"):
         run_training(cfg, observer=said)
     target = ckpt.step_dir(tmp_path / "b" / "ck", 2)
-    assert any(f"saved the last good state (step 2) to {target}" in m for m in said.said)
+    command = f"dapo train --config {tmp_path / 'b' / 'ck' / 'config.yaml'} --resume"
+    assert any(f"saved the last good state (step 2) to {target}; continue: {command}" in m
+               for m in said.said), said.said  # fmt: skip
     assert [p for _, p in ckpt.list_checkpoints(tmp_path / "b" / "ck")] == [target]
     monkeypatch.undo()
+    assert load_config(tmp_path / "b" / "ck" / "config.yaml") == cfg  # what the command reads
     resumed = run_training(cfg, resume=True)
     a, b = weights(straight.final_dir), weights(resumed.final_dir)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
@@ -155,7 +159,9 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, data_f
     step2 = tmp_path / "ck" / "step_000002"
     assert len(lines) == 1 and "No space left on device" in lines[0]
     assert f"{step2} is intact" in lines[0]
-    left = sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name != "tensorboard")
+    left = sorted(
+        p.name for p in (tmp_path / "ck").iterdir() if p.is_dir() and p.name != "tensorboard"
+    )
     assert left == ["step_000002"]  # no partial folder left behind
     path, state, skipped = ckpt.resume_point(tmp_path / "ck")
     assert path == step2 and state["step"] == 2 and skipped == []
@@ -221,7 +227,9 @@ def test_sigterm_finishes_the_step_saves_and_exits_143(tmp_path, puzzles):
     assert proc.returncode == 143, (stdout, stderr)
     assert "SIGTERM: finishing this step" in "".join(lines) + stdout
     latest = ckpt.latest_checkpoint(out)
-    assert latest is not None and "continue: the same command with --resume" in stdout
+    command = f"dapo train --config {out / 'config.yaml'} --resume"
+    assert latest is not None and f"continue: {command}" in stdout
+    assert load_config(out / "config.yaml").train.steps == 500
     step = ckpt.load_trainer_state(latest)["step"]
     assert 1 <= step < 500
     assert Store(tmp_path / "d.db").runs("train")[-1]["status"] == "interrupted"

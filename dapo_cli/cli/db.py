@@ -21,12 +21,11 @@ from dapo_cli.paths import resolve_db_path
 from dapo_cli.records import file_format, read_records, write_records, write_rows
 from dapo_cli.store import Store
 
-db_app = typer.Typer(
+app = typer.Typer(
     help="The SQLite database: samples, training runs and their metrics, chat interactions.",
     epilog="Example: dapo db import data/dataset.jsonl; dapo db stats",
     no_args_is_help=True,
 )
-app = db_app
 
 DbPath = Annotated[
     Path | None,
@@ -44,7 +43,7 @@ class What(str, Enum):
     interactions = "interactions"
 
 
-@db_app.command("init", epilog="Example: dapo db init --db-path data/dapo.db")
+@app.command("init", epilog="Example: dapo db init --db-path data/dapo.db")
 @user_errors
 def init(db_path: DbPath = None) -> None:
     """Create the database, or bring an older one up to date. Safe to run again.
@@ -65,7 +64,7 @@ def init(db_path: DbPath = None) -> None:
     console.print(table)
 
 
-@db_app.command("import", epilog="Example: dapo db import data/dataset.jsonl --split train")
+@app.command("import", epilog="Example: dapo db import data/dataset.jsonl --split train")
 @user_errors
 def import_(
     file: Annotated[
@@ -100,7 +99,7 @@ def import_(
         say(f"{sum(kept.values())} record(s) kept the split named in the file ({splits})")
 
 
-@db_app.command(
+@app.command(
     "export", epilog="Example: dapo db export data/test.parquet --split test --task-type math"
 )
 @user_errors
@@ -142,7 +141,7 @@ def export(
     say(f"{len(rows)} {what.value} written to {escape(str(file))}")
 
 
-@db_app.command("stats", epilog="Example: dapo db stats --db-path data/dapo.db")
+@app.command("stats", epilog="Example: dapo db stats --db-path data/dapo.db")
 @user_errors
 def stats(db_path: DbPath = None) -> None:
     """Show what the database holds: samples by split and task type, runs, metrics, chats."""

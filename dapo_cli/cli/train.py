@@ -126,7 +126,10 @@ def train(
     after training began saves the last good state first. When the model has learned the
     data (dynamic sampling finds no group with signal), the run stops early as converged.
     """
-    from dapo_cli.runner import run_training  # torch and transformers load only when training
+    from dapo_cli.runner import (
+        resume_command,
+        run_training,
+    )  # torch and transformers load only when training
 
     overrides = list(set_ or [])
     flags = {
@@ -150,9 +153,8 @@ def train(
     if result.status == "converged":
         console.print(f"stopped early at step {result.steps}: {result.note}", soft_wrap=True)
     if result.status == "interrupted":
-        console.print(
-            f"interrupted at step {result.steps}; continue: the same command with --resume"
-        )
+        command = resume_command(cfg.output.output_dir)
+        console.print(f"interrupted at step {result.steps}; continue: {command}", soft_wrap=True)
         raise typer.Exit(128 + (result.signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
 
 
