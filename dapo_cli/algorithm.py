@@ -174,6 +174,25 @@ def policy_loss(
     return loss, {k: v.detach() for k, v in stats.items()}
 
 
+def kl_penalty(
+    logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, num_tokens: int | Tensor
+) -> tuple[Tensor, Tensor]:
+    """KL(π_θ ‖ π_ref) penalty by Schulman's k3 estimator (verl ``low_var_kl``, TRL's
+    ``beta`` term): per token k3 = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1 ≥ 0,
+    unbiased for the KL under samples from π_θ. DAPO drops it (kl_coef 0); GRPO adds β·KL.
+
+    Shapes: ``logprobs`` (B, T) with grad; ``ref_logprobs`` (B, T) from the frozen reference;
+    ``mask`` (B, T) 0/1. Returns (penalty, kl): penalty = Σ_masked k3 / ``num_tokens`` (the
+    mini-batch's token count, so micro-batches sum to the mini-batch's token mean, as
+    ``policy_loss``), with grad; kl = the mean k3 over this call's masked tokens, detached."""
+    diff = ref_logprobs.detach() - logprobs  # (B, T)
+    k3 = torch.exp(diff) - diff - 1  # (B, T)
+    num_tokens = torch.as_tensor(num_tokens, device=logprobs.device)
+    penalty = masked_sum(k3, mask) / num_tokens.clamp(min=1)  # 0-dim
+    kl = penalty.detach() * num_tokens / mask.sum().clamp(min=1)  # 0-dim
+    return penalty, kl
+
+
 def _float_rows(fn: Callable[..., Tensor], logits: Tensor, *rest: Tensor, temperature=1.0):
     """Run ``fn`` on ``logits / temperature`` in float32 or better. Low-precision (bf16/fp16)
     logits are upcast one sample at a time, so the float copy is (T, V), never (B, T, V);

@@ -318,33 +318,82 @@ def update(
     run; ``loss`` is each mini-batch's loss (over all its tokens, as optimised), averaged
     over the steps taken; ``entropy`` comes from the sampler (``collect_batch``), else from
     this pass over the response tokens of the rows run."""
-    t, r, a = config.train, config.rollout, config.algorithm
-    G = r.group_size
-    n_prompts = batch.rollout.prompt_ids.size(0) // G
-    model = policy.model if model is None else model
-    sharded = is_sharded(model)
-    compute = compute_context(model, policy.model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    # With a KL term every row has a gradient; without, a row whose advantage is 0 (all of a
-    # group alike, dynamic sampling off) or whose tokens are all masked (overlong-filtered)
-    # adds exactly nothing, and skipping its forward/backward changes no parameter.
-    skip_idle = not (reference is not None and a.kl_coef > 0)
-    # A prompt's rows in one micro-batch share one pass over the prompt (same gradients).
-    # Not under FSDP (each pass is a collective) nor gradient checkpointing (whose re-run of
-    # a layer would add its keys to the shared cache twice).
-    share_prompts = G > 1 and not sharded and not checkpointing_enabled(model)
-    stat_keys = ["clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"]
-    stat_keys += ["dual_clip_frac"] * (a.dual_clip is not None) + ["kl_ref"] * (not skip_idle)
-    sums = dict.fromkeys(stat_keys, 0.0)  # every key, even when no row is run (then NaN)
-    weight = 0.0
-    measure_entropy = "entropy" not in batch.stats  # the sampler gave none (vLLM)
-    entropy_sum = entropy_tokens = 0.0
-    loss_sum = 0.0  # Σ over the steps taken of this process's share of the mini-batch loss
-    n_updates = n_nonfinite = 0
-    grad_norms = []
-    idle = 0
-    sampler_gap = 0.0  # the sampler's log-probs against the update's, on the rows run
+    u = _Update.start(policy, batch, config, reference, dist, model)
+    params = [p for p in u.model.parameters() if p.requires_grad]
+    for mini in _mini_batches(batch, config, rng, u):
+        optimizer.zero_grad(set_to_none=True)
+        finite, loss = _accumulate_gradients(u, mini)
+        _apply_step(u, optimizer, params, finite, loss)
+    if u.model is not policy.model and u.n_updates:
+        sync_weights(u.model, policy.model)  # the next rollout samples from the new weights
+    return _update_metrics(u, batch, config, dist)
 
+
+@dataclass
+class _Update:
+    """One update's fixed choices and what it measures, summed over the passes it runs."""
+
+    policy: Policy
+    batch: Batch
+    config: Config
+    reference: Any
+    dist: Dist
+    model: Any  # the module trained (see update)
+    compute: Any  # autocast when fp32 master weights train a bf16 policy
+    sharded: bool
+    skip_idle: bool  # rows with Â = 0 or no loss token are not run (see start)
+    share_prompts: bool  # a prompt's rows in one micro-batch share one pass over the prompt
+    measure_entropy: bool  # the sampler gave none (vLLM)
+    sums: dict[str, float]  # Σ stat · tokens, over the rows run
+    weight: float = 0.0  # Σ tokens of the rows run
+    entropy_sum: float = 0.0
+    entropy_tokens: float = 0.0
+    loss_sum: float = 0.0  # Σ over the steps taken of this process's share of the loss
+    n_updates: int = 0
+    n_nonfinite: int = 0
+    grad_norms: list[float] = field(default_factory=list)
+    idle: int = 0  # rows not run
+    sampler_gap: float = 0.0  # the sampler's log-probs against the update's, on the rows run
+
+    @classmethod
+    def start(cls, policy, batch, config, reference, dist, model) -> _Update:
+        a = config.algorithm
+        model = policy.model if model is None else model
+        sharded = is_sharded(model)
+        # With a KL term every row has a gradient; without, a row whose advantage is 0 (all
+        # of a group alike, dynamic sampling off) or whose tokens are all masked
+        # (overlong-filtered) adds exactly nothing, and skipping its pass changes no parameter.
+        skip_idle = not (reference is not None and a.kl_coef > 0)
+        stat_keys = ["clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"]
+        stat_keys += ["dual_clip_frac"] * (a.dual_clip is not None) + ["kl_ref"] * (not skip_idle)
+        return cls(
+            policy, batch, config, reference, dist, model,
+            compute=compute_context(model, policy.model),
+            sharded=sharded,
+            skip_idle=skip_idle,
+            # Not under FSDP (each pass is a collective) nor gradient checkpointing (whose
+            # re-run of a layer would add its keys to the shared cache twice).
+            share_prompts=config.rollout.group_size > 1
+            and not sharded
+            and not checkpointing_enabled(model),
+            measure_entropy="entropy" not in batch.stats,
+            sums=dict.fromkeys(stat_keys, 0.0),  # every key, even when no row is run (NaN)
+        )  # fmt: skip
+
+
+@dataclass
+class _MiniBatch:
+    rows: torch.Tensor  # (b,) this process's rows to run, in micro-batch order
+    num_tokens: torch.Tensor  # loss tokens of the whole mini-batch, on every rank
+    num_seqs: torch.Tensor  # rows with ≥ 1 loss token, of the whole mini-batch
+    any_row: torch.Tensor  # (1,) a row for the empty passes that keep FSDP ranks in step
+
+
+def _mini_batches(batch: Batch, config: Config, rng: random.Random, u: _Update):
+    """``ppo_epochs`` shuffled passes over the batch's prompts, ``mini_batch_size`` prompts
+    (all G rows of each) at a time; idle rows are dropped (counted in ``u.idle``)."""
+    t, G = config.train, config.rollout.group_size
+    n_prompts = batch.rollout.prompt_ids.size(0) // G
     for _ in range(t.ppo_epochs):
         order = list(range(n_prompts))
         rng.shuffle(order)
@@ -352,102 +401,115 @@ def update(
             prompts = order[start : start + t.mini_batch_size]
             rows = torch.tensor([p * G + j for p in prompts for j in range(G)])
             mask_mb = batch.loss_mask[rows]  # (b, T)
-            num_tokens = mask_mb.sum()  # of the whole mini-batch, on every rank
+            num_tokens = mask_mb.sum()
             num_seqs = (mask_mb.sum(-1) > 0).sum()
             any_row = rows[:1]
-            if skip_idle:  # Â = 0 or no loss token: exactly 0 loss and gradient, so not run
+            if u.skip_idle:  # Â = 0 or no loss token: exactly 0 loss and gradient, so not run
                 adv_mb = batch.advantages[rows].reshape(len(rows), -1)  # (b, 1) or (b, T)
                 rows = rows[((mask_mb.sum(-1) > 0) & (adv_mb != 0).any(-1)).cpu()]
-                idle += len(prompts) * G - len(rows)
-            mine = rows[dist.shard(len(rows))]
-            mine = _micro_batch_order(batch.rollout, mine, G if share_prompts else 0)
-            optimizer.zero_grad(set_to_none=True)
-            finite = True
-            mb_loss = 0.0
-            starts = list(range(0, len(mine), t.micro_batch_size))
-            # FSDP's forward and backward are collectives: every rank runs as many passes
-            n_passes = dist.max_int(len(starts)) if sharded else len(starts)
-            for i in range(n_passes):
-                if i >= len(starts):  # a pass that adds nothing, to keep the ranks in step
-                    sub = batch.rollout.select(any_row)
-                    with compute:
-                        nothing = sequence_logprobs(model, sub, r.temperature).sum() * 0.0
-                    nothing.backward()
-                    continue
-                micro = mine[starts[i] : starts[i] + t.micro_batch_size]
-                sub = batch.rollout.select(micro)
-                mask = batch.loss_mask[micro][:, : sub.response_ids.size(1)].to(policy.device)
-                groups = micro // G if share_prompts else None
-                with compute:  # autocast when fp32 master weights train a bf16 policy
-                    if measure_entropy:
-                        logp, entropy = sequence_logprobs(
-                            model, sub, r.temperature, return_entropy=True, groups=groups
-                        )  # (b, T) each
-                    else:
-                        logp, entropy = (
-                            sequence_logprobs(model, sub, r.temperature, groups=groups),
-                            None,
-                        )
-                old = sub.logprobs
-                if batch.old_from_update:  # the policy has not moved since it sampled
-                    old = logp.detach()
-                    sampler_gap = max(sampler_gap, _max_gap(old, sub.logprobs, sub.response_mask))
-                loss, st = A.policy_loss(
-                    logp,
-                    old,
-                    batch.advantages[micro],
-                    mask,
-                    eps_low=a.eps_low,
-                    eps_high=a.eps_high,
-                    agg=a.loss_agg,
-                    dual_clip=a.dual_clip,
-                    num_tokens=num_tokens,
-                    num_seqs=num_seqs,
-                )
-                if reference is not None and a.kl_coef > 0:
-                    with torch.no_grad():
-                        ref_logp = sequence_logprobs(reference, sub, r.temperature)
-                    kl = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1  # k3, (b, T)
-                    kl_loss = A.masked_sum(kl, mask) / num_tokens.clamp(min=1)
-                    loss = loss + a.kl_coef * kl_loss
-                    st["kl_ref"] = kl_loss.detach() * num_tokens / mask.sum().clamp(min=1)
-                if not torch.isfinite(loss):
-                    finite = False
-                    if not sharded:
-                        break
-                    loss.backward()  # the other ranks wait for this pass; the step is dropped
-                    continue
-                loss.backward()
-                mb_loss += float(loss.detach())  # already over the whole mini-batch's tokens
-                w = float(mask.sum())
-                for k, v in st.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * w
-                weight += w
-                if entropy is not None:  # over every response token, filtered or not
-                    response = sub.response_mask.to(entropy.dtype)
-                    entropy_sum += float(A.masked_sum(entropy, response))
-                    entropy_tokens += float(response.sum())
-            finite = not dist.any(not finite)
-            for p in params:  # a rank (or step) with no rows run: zero gradient, as before
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            if finite:
-                if not sharded:
-                    dist.sum_grads(params)
-                clip = t.grad_clip if t.grad_clip > 0 else float("inf")
-                norm = full_value(torch.nn.utils.clip_grad_norm_(params, clip))
-                finite = bool(torch.isfinite(norm))
-            if not finite:
-                optimizer.zero_grad(set_to_none=True)
-                n_nonfinite += 1
-                continue
-            optimizer.step()
-            grad_norms.append(float(norm))
-            loss_sum += mb_loss
-            n_updates += 1
-    if model is not policy.model and n_updates:
-        sync_weights(model, policy.model)  # the next rollout samples from the new weights
-    if dist.active:  # per-token statistics over every rank's rows; each rank's loss share
+                u.idle += len(prompts) * G - len(rows)
+            mine = rows[u.dist.shard(len(rows))]
+            mine = _micro_batch_order(batch.rollout, mine, G if u.share_prompts else 0)
+            yield _MiniBatch(mine, num_tokens, num_seqs, any_row)
+
+
+def _accumulate_gradients(u: _Update, mini: _MiniBatch) -> tuple[bool, float]:
+    """Forward and backward every micro-batch of this process's rows; returns (all finite,
+    the mini-batch's loss share). FSDP's passes are collectives: every rank runs as many."""
+    micro_size = u.config.train.micro_batch_size
+    starts = list(range(0, len(mini.rows), micro_size))
+    n_passes = u.dist.max_int(len(starts)) if u.sharded else len(starts)
+    finite, mb_loss = True, 0.0
+    for i in range(n_passes):
+        if i >= len(starts):  # a pass that adds nothing, to keep the ranks in step
+            sub = u.batch.rollout.select(mini.any_row)
+            with u.compute:
+                nothing = sequence_logprobs(u.model, sub, u.config.rollout.temperature)
+            (nothing.sum() * 0.0).backward()
+            continue
+        loss = _micro_step(u, mini, mini.rows[starts[i] : starts[i] + micro_size])
+        if not torch.isfinite(loss):
+            finite = False
+            if not u.sharded:
+                break
+            loss.backward()  # the other ranks wait for this pass; the step is dropped
+            continue
+        loss.backward()
+        mb_loss += float(loss.detach())  # already over the whole mini-batch's tokens
+    return finite, mb_loss
+
+
+def _micro_step(u: _Update, mini: _MiniBatch, micro: torch.Tensor) -> torch.Tensor:
+    """The loss of one micro-batch (rows ``micro``), over the mini-batch's token count, so
+    the micro-batches' losses and gradients sum to the mini-batch's; its statistics are
+    added to ``u``."""
+    r, a, batch = u.config.rollout, u.config.algorithm, u.batch
+    sub = batch.rollout.select(micro)
+    mask = batch.loss_mask[micro][:, : sub.response_ids.size(1)].to(u.policy.device)
+    groups = micro // r.group_size if u.share_prompts else None
+    with u.compute:  # autocast when fp32 master weights train a bf16 policy
+        if u.measure_entropy:
+            logp, entropy = sequence_logprobs(
+                u.model, sub, r.temperature, return_entropy=True, groups=groups
+            )  # (b, T) each
+        else:
+            logp = sequence_logprobs(u.model, sub, r.temperature, groups=groups)  # (b, T)
+            entropy = None
+    old = sub.logprobs
+    if batch.old_from_update:  # the policy has not moved since it sampled
+        old = logp.detach()
+        u.sampler_gap = max(u.sampler_gap, _max_gap(old, sub.logprobs, sub.response_mask))
+    loss, st = A.policy_loss(
+        logp, old, batch.advantages[micro], mask,
+        eps_low=a.eps_low, eps_high=a.eps_high, agg=a.loss_agg, dual_clip=a.dual_clip,
+        num_tokens=mini.num_tokens, num_seqs=mini.num_seqs,
+    )  # fmt: skip
+    if u.reference is not None and a.kl_coef > 0:
+        with torch.no_grad():
+            ref_logp = sequence_logprobs(u.reference, sub, r.temperature)
+        penalty, st["kl_ref"] = A.kl_penalty(logp, ref_logp, mask, mini.num_tokens)
+        loss = loss + a.kl_coef * penalty
+    if torch.isfinite(loss):  # a non-finite pass is dropped with its step
+        w = float(mask.sum())
+        for k, v in st.items():
+            u.sums[k] = u.sums.get(k, 0.0) + float(v) * w
+        u.weight += w
+        if entropy is not None:  # over every response token, filtered or not
+            response = sub.response_mask.to(entropy.dtype)
+            u.entropy_sum += float(A.masked_sum(entropy, response))
+            u.entropy_tokens += float(response.sum())
+    return loss
+
+
+def _apply_step(u: _Update, optimizer, params: list, finite: bool, loss: float) -> None:
+    """One optimiser step from the accumulated gradients: summed across processes, clipped,
+    and dropped (counted) when any rank saw a non-finite loss or the norm is not finite."""
+    finite = not u.dist.any(not finite)
+    for p in params:  # a rank (or step) with no rows run: zero gradient, as before
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if finite:
+        if not u.sharded:
+            u.dist.sum_grads(params)
+        t = u.config.train
+        clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+        norm = full_value(torch.nn.utils.clip_grad_norm_(params, clip))
+        finite = bool(torch.isfinite(norm))
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        u.n_nonfinite += 1
+        return
+    optimizer.step()
+    u.grad_norms.append(float(norm))
+    u.loss_sum += loss
+    u.n_updates += 1
+
+
+def _update_metrics(u: _Update, batch: Batch, config: Config, dist: Dist) -> dict[str, float]:
+    """Per-token statistics over every rank's rows run; the loss averaged over the steps."""
+    sums, weight, loss_sum = u.sums, u.weight, u.loss_sum
+    entropy_sum, entropy_tokens = u.entropy_sum, u.entropy_tokens
+    if dist.active:  # each rank's share, summed
         parts = dist.gather((sums, weight, loss_sum, entropy_sum, entropy_tokens))
         keys = dict.fromkeys(k for p in parts for k in p[0])
         sums = {k: sum(p[0].get(k, 0.0) for p in parts) for k in keys}
@@ -456,15 +518,16 @@ def update(
         )
     out = {k: v / weight if weight else math.nan for k, v in sums.items()}
     # no token counted (e.g. every response truncated and filtered): the loss is exactly 0
-    out["loss"] = loss_sum / n_updates if n_updates else (math.nan if n_nonfinite else 0.0)
-    if measure_entropy:
+    out["loss"] = loss_sum / u.n_updates if u.n_updates else (math.nan if u.n_nonfinite else 0.0)
+    if u.measure_entropy:
         out["entropy"] = entropy_sum / entropy_tokens if entropy_tokens else math.nan
-    out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
-    out["updates"] = float(n_updates)
-    out["nonfinite_skipped"] = float(n_nonfinite)
-    out["rows_skipped"] = idle / max(t.ppo_epochs * batch.rollout.prompt_ids.size(0), 1)
+    out["grad_norm"] = sum(u.grad_norms) / len(u.grad_norms) if u.grad_norms else math.nan
+    out["updates"] = float(u.n_updates)
+    out["nonfinite_skipped"] = float(u.n_nonfinite)
+    rows = config.train.ppo_epochs * batch.rollout.prompt_ids.size(0)
+    out["rows_skipped"] = u.idle / max(rows, 1)
     if batch.old_from_update:
-        out["rollout_logprob_diff_max"] = sampler_gap
+        out["rollout_logprob_diff_max"] = u.sampler_gap
     out["mean_token_prob"] = float(
         A.masked_mean(batch.rollout.logprobs.exp(), batch.rollout.response_mask)
     )

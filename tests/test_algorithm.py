@@ -9,6 +9,7 @@ from dapo_cli.algorithm import (
     entropy_from_logits,
     group_advantages,
     keep_informative_groups,
+    kl_penalty,
     masked_mean,
     overlong_mask,
     policy_loss,
@@ -211,6 +212,23 @@ def test_masked_tokens_contribute_nothing():
         results.append((loss.item(), new.grad[mask.bool()]))
     assert results[0][0] == results[1][0]
     assert torch.equal(results[0][1], results[1][1])
+
+
+def test_kl_penalty_k3_by_hand():
+    """k3 = e^d − d − 1 with d = log π_ref − log π_θ; the masked token adds nothing; the
+    penalty is over the mini-batch's token count, the reported KL over this call's tokens."""
+    logp = torch.tensor([[math.log(0.5), math.log(0.25)], [math.log(0.8), 0.0]], requires_grad=True)
+    ref = torch.tensor([[math.log(0.25), math.log(0.5)], [math.log(0.4), -5.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    # d: ln 0.5, ln 2, ln 0.5 → k3: 0.5 − ln 0.5 − 1, 2 − ln 2 − 1, 0.5 − ln 0.5 − 1
+    k3 = [0.5 + math.log(2) - 1, 1 - math.log(2), 0.5 + math.log(2) - 1]
+    penalty, kl = kl_penalty(logp, ref, mask, num_tokens=6)
+    assert penalty.item() == pytest.approx(sum(k3) / 6, abs=1e-6)
+    assert kl.item() == pytest.approx(sum(k3) / 3, abs=1e-6)
+    penalty.backward()  # d k3 / d logp = 1 − e^d, over the 6 tokens
+    expected = [[(1 - 0.5) / 6, (1 - 2) / 6], [(1 - 0.5) / 6, 0.0]]
+    assert torch.allclose(logp.grad, torch.tensor(expected), atol=1e-6)
+    assert kl_penalty(ref, ref, mask, 3)[0].item() == 0.0  # equal policies: no penalty
 
 
 def test_masked_mean():
