@@ -107,7 +107,7 @@ class DapoSteps:
 
     def __init__(
         self, policy, trained, config, n_steps: int, reward: str = "length", dist=None,
-        engine=None,
+        sampler=None,
     ):  # fmt: skip
         import itertools
         import random
@@ -118,7 +118,7 @@ class DapoSteps:
         from dapo_cli.distributed import SINGLE
         from dapo_cli.rewards import register_verifier
         from dapo_cli.tasks.base import Score
-        from dapo_cli.trainer import PromptStream, lr_lambda
+        from dapo_cli.trainer import TORCH_SAMPLER, PromptStream, lr_lambda
 
         if reward == "alternate":
             flips = itertools.count()
@@ -134,14 +134,15 @@ class DapoSteps:
         self.stream = PromptStream([{**d, "task_type": "bench-coin"} for d in data], seed=0)
         self.generator = torch.Generator(device=policy.device).manual_seed(self.dist.rank)
         self.rng = random.Random(0)
-        self.engine = engine  # a vllm_engine.VllmEngine over policy, or None: our sampler
+        # a vllm_engine.VllmEngine over policy, or None: our sampler
+        self.sampler = sampler or TORCH_SAMPLER
 
     def step(self) -> dict[str, float]:
         from dapo_cli.trainer import rollout_step
 
         return rollout_step(
             self.policy, self.optimizer, self.scheduler, self.stream, self.config,
-            self.generator, self.rng, None, self.dist, self.trained, self.engine,
+            self.generator, self.rng, None, self.dist, self.trained, self.sampler,
         )  # fmt: skip
 
 

@@ -107,7 +107,7 @@ def bench_steps(source, policy, engine, args) -> dict:
     config = bench_config(args.group, args.max_new_tokens, args.prompts, args.micro_batch)
     runs = {}
     for name, pol, eng in (("ours", load_policy(source), None), ("vllm", policy, engine)):
-        runs[name] = DapoSteps(pol, pol.model, config, args.steps, "alternate", engine=eng)
+        runs[name] = DapoSteps(pol, pol.model, config, args.steps, "alternate", sampler=eng)
     steps = {k: [] for k in runs}
     for i in range(args.steps):
         for name in list(runs) if i % 2 == 0 else list(runs)[::-1]:

@@ -250,21 +250,17 @@ class ChatSession:
     ) -> tuple[Rollout, int]:
         import torch
 
-        from dapo_cli.rollout import sample
+        from dapo_cli.rollout import Sampling, TorchSampler
 
         policy, s = self.policy, self.settings
         seed = self.base_seed + self.generations
         self.generations += 1
-        prompt = torch.tensor([ids], dtype=torch.long, device=policy.device)
         greedy = s.temperature == 0
-        rollout = sample(
-            policy.model, prompt, torch.ones_like(prompt), repeat=n,
-            max_new_tokens=s.max_new_tokens,
-            eos_token_ids=policy.stop_ids, pad_token_id=policy.pad_id,
-            temperature=1.0 if greedy else s.temperature, top_p=s.top_p, greedy=greedy,
-            generator=torch.Generator(device=policy.device).manual_seed(seed),
-            on_token=on_token,
-        )  # fmt: skip
+        sampling = Sampling(
+            s.max_new_tokens, 1.0 if greedy else s.temperature, s.top_p, greedy=greedy
+        )
+        generator = torch.Generator(device=policy.device).manual_seed(seed)
+        rollout = TorchSampler().sample(policy, [ids], n, sampling, generator, on_token)
         return rollout, seed
 
     def stream(

@@ -7,14 +7,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 from dapo_cli.policy import Policy
-from dapo_cli.rewards import score
-from dapo_cli.rollout import sample
+from dapo_cli.rewards import score_batch
+from dapo_cli.rollout import Sampling, TorchSampler
 from dapo_cli.tasks.base import extract_answer
 
 
@@ -26,13 +25,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def score_texts(samples: list[dict[str, Any]], texts: list[str], repeat: int) -> list:
-    """Verifier scores of ``texts``; row i answers ``samples[i // repeat]``."""
-    owners = [samples[i // repeat] for i in range(len(texts))]
-    with ThreadPoolExecutor(max_workers=4) as pool:  # code verifiers wait on subprocesses
-        return list(pool.map(score, owners, texts))
 
 
 def generate_and_score(
@@ -52,18 +44,14 @@ def generate_and_score(
     """k completions per sample (1 when greedy), scored. One dict per completion."""
     n = 1 if greedy else k
     generator = torch.Generator(device=policy.device).manual_seed(seed)
+    sampling = Sampling(max_new_tokens, temperature, top_p, top_k, greedy)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(samples), batch_prompts):
         chunk = samples[start : start + batch_prompts]
-        ids, mask = policy.encode([s["prompt"] for s in chunk])
-        rollout = sample(
-            policy.model, ids, mask, repeat=n, max_new_tokens=max_new_tokens,
-            eos_token_ids=policy.stop_ids, pad_token_id=policy.pad_id,
-            temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
-            generator=generator,
-        )  # fmt: skip
+        prompts = policy.prompts_ids([s["prompt"] for s in chunk])
+        rollout = TorchSampler().sample(policy, prompts, n, sampling, generator)
         texts = rollout.response_texts(policy.tokenizer)
-        scores = score_texts(chunk, texts, n)
+        scores = score_batch(chunk, texts, n)
         lengths = rollout.lengths.tolist()
         truncated = rollout.truncated.tolist()
         for i, (text, s) in enumerate(zip(texts, scores, strict=True)):

@@ -56,6 +56,11 @@ class Policy:
         """The formatted prompt's token ids, unpadded (what ``encode`` pads)."""
         return self.tokenizer(self.format_prompt(prompt), add_special_tokens=False)["input_ids"]
 
+    def prompts_ids(self, prompts: list[str]) -> list[list[int]]:
+        """Each formatted prompt's token ids, unpadded (what a ``rollout.Sampler`` takes)."""
+        texts = [self.format_prompt(p) for p in prompts]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
     def prompt_length(self, prompt: str) -> int:
         return len(self.prompt_ids(prompt))
 

@@ -10,7 +10,8 @@ is added by the trainer, not here, because it depends on token counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dapo_cli import sandbox
@@ -70,6 +71,17 @@ def score(sample: Mapping[str, Any], completion: str) -> Score:
         return Score.binary(False, error=f"{type(exc).__name__}: {exc}")
 
 
+def score_batch(
+    samples: Sequence[Mapping[str, Any]], completions: Sequence[str], repeat: int = 1
+) -> list[Score]:
+    """Scores of ``completions``, where completion i answers ``samples[i // repeat]`` (the
+    ``repeat`` responses to each prompt of a rollout). Several at once: code verifiers wait
+    on their sandbox processes."""
+    owners = [samples[i // repeat] for i in range(len(completions))]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(score, owners, completions))
+
+
 __all__ = [
     "Score",
     "Verifier",
@@ -78,6 +90,8 @@ __all__ = [
     "known_task_types",
     "normalize_answer",
     "register_verifier",
+    "score",
+    "score_batch",
     "require_sandbox_for",
     "score",
 ]

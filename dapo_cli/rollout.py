@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any, Protocol
 
 import torch
 
@@ -96,6 +97,110 @@ class Rollout:
             tokenizer.decode(ids[mask].tolist(), skip_special_tokens=True)
             for ids, mask in zip(ids_all, masks, strict=True)
         ]
+
+
+def rollout_from_tokens(
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    stopped: Sequence[bool],
+    *,
+    group_size: int,
+    pad_token_id: int,
+    device: torch.device | str = "cpu",
+) -> Rollout:
+    """A ``Rollout`` from token lists: ``prompts`` (N) unpadded, ``responses`` (N·G, row
+    i·G + j is the j-th response to prompt i) with the stop token included, ``stopped``
+    (N·G) True where a stop token ended the response (False: the length limit did). Prompts
+    are left-padded, responses right-padded with ``pad_token_id``; the log-probs are zeros
+    (the caller fills them)."""
+    n, G = len(prompts), group_size
+    if len(responses) != n * G or len(stopped) != n * G:
+        raise ValueError(f"{len(responses)} responses for {n} prompts x {G}")
+    prompt_ids = padded(prompts, pad_token_id, left=True).repeat_interleave(G, 0)  # (B, P)
+    response_ids = padded(responses, pad_token_id, min_width=1)  # (B, T)
+    P, T = prompt_ids.size(1), response_ids.size(1)
+    p_len = torch.tensor([len(p) for p in prompts]).repeat_interleave(G)[:, None]  # (B, 1)
+    r_len = torch.tensor([len(r) for r in responses])[:, None]
+    return Rollout(
+        prompt_ids=prompt_ids.to(device),
+        prompt_mask=(torch.arange(P) >= P - p_len).long().to(device),
+        response_ids=response_ids.to(device),
+        response_mask=(torch.arange(T) < r_len).long().to(device),
+        logprobs=torch.zeros((n * G, T), device=device),
+        truncated=~torch.as_tensor(list(stopped), dtype=torch.bool).to(device),
+    )
+
+
+def padded(
+    seqs: Sequence[Sequence], value, *, left: bool = False, min_width: int = 0, dtype=torch.long
+) -> torch.Tensor:
+    """(len(seqs), width) with each sequence padded by ``value`` on the left or the right."""
+    t = torch.nn.utils.rnn.pad_sequence(
+        [torch.as_tensor(list(x), dtype=dtype) for x in seqs],
+        batch_first=True,
+        padding_value=value,
+        padding_side="left" if left else "right",
+    )
+    extra = max(0, min_width - t.size(1))
+    return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample: what training (``rollout.*``), eval and chat each pass to a sampler."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+
+
+class Sampler(Protocol):
+    """Where responses come from: ``TorchSampler`` (our loop on the policy itself) or
+    ``vllm_engine.VllmEngine``. ``sample`` returns ``n`` responses to each prompt (token ids,
+    unpadded; rows i·n … i·n+n−1 answer prompt i) as a ``Rollout`` whose ``logprobs`` are the
+    sampler's numbers for the sampled tokens. ``exact_logprobs``: those are the trained
+    module's own (same code, same weights), so with fp32 weights they can serve as the old
+    log-probs; else the update takes or recomputes its own (``trainer.old_logprobs_source``).
+    ``own_weights``: it samples from its own copy, refreshed by ``load_weights`` after each
+    update."""
+
+    exact_logprobs: bool
+    own_weights: bool
+
+    def sample(
+        self,
+        policy: Any,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        sampling: Sampling,
+        generator: torch.Generator | None = None,
+        on_token: Callable[[torch.Tensor], None] | None = None,
+    ) -> Rollout: ...
+
+    def load_weights(self, model: Any) -> None: ...
+
+
+class TorchSampler:
+    """``sample`` (below) on the policy's own model: prompts left-padded into one batch."""
+
+    exact_logprobs = True
+    own_weights = False
+
+    def sample(self, policy, prompts, n, sampling, generator=None, on_token=None) -> Rollout:
+        ids = padded(prompts, policy.pad_id, left=True).to(policy.device)  # (N, P)
+        mask = padded([[1] * len(p) for p in prompts], 0, left=True).to(policy.device)
+        return sample(
+            policy.model, ids, mask, repeat=n,  # the n responses to a prompt share its prefill
+            max_new_tokens=sampling.max_new_tokens, eos_token_ids=policy.stop_ids,
+            pad_token_id=policy.pad_id, temperature=sampling.temperature,
+            top_p=sampling.top_p, top_k=sampling.top_k, greedy=sampling.greedy,
+            generator=generator, on_token=on_token,
+        )  # fmt: skip
+
+    def load_weights(self, model) -> None:  # it samples from the policy itself
+        pass
 
 
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from dapo_cli.paths import resolve_db_path
 from dapo_cli.policy import Policy, load_policy
 from dapo_cli.records import read_records
 from dapo_cli.rewards import require_sandbox_for
+from dapo_cli.rollout import Sampler, TorchSampler
 from dapo_cli.runlog import LoggedObserver, RunLog, log_path
 from dapo_cli.sft import supervised_warm_start
 from dapo_cli.sharding import (
@@ -285,7 +286,7 @@ def run_training(
             "fp32 master weights"
         )
     samples = _fitting_prompts(policy, samples, config.data.max_prompt_tokens, observer)
-    engine = _rollout_engine(config, source, policy, trained, dist, observer)
+    sampler = _sampler(config, source, policy, trained, dist, observer)
     reference, reference_source = None, None
     if config.algorithm.kl_coef > 0:
         reference_source = _kl_reference_source(source, warm, state, policy, out_dir, dist)
@@ -355,7 +356,7 @@ def run_training(
                 try:
                     metrics = rollout_step(
                         policy, optimizer, scheduler, stream, config, generator, rng, reference,
-                        dist, trained, engine,
+                        dist, trained, sampler,
                     )  # fmt: skip
                 except Converged as done:
                     status, note = "converged", str(done)
@@ -400,9 +401,9 @@ def run_training(
     log.close()
     if tensorboard is not None:
         tensorboard.close()
-    if engine is not None:
+    if isinstance(sampler, VllmEngine):
         dist.barrier()  # vLLM's shutdown also ends the launcher's process group
-        engine.close()
+        sampler.close()
     dist.close()  # every rank leaves together (see Dist.close)
     return TrainResult(run_id, status, step, final_dir, db_path, history, interrupt.signum, note)
 
@@ -500,10 +501,10 @@ def _model_line(source: str, policy: Policy, dist: Dist) -> str:
     return f"model: {source} ({n / 1e6:.1f}M parameters, {dtype}) on {where}{each}"
 
 
-def _rollout_engine(config: Config, source: str, policy: Policy, trained, dist: Dist, observer):
-    """A vLLM engine over the policy when ``rollout.engine=vllm`` (None: our sampler)."""
+def _sampler(config: Config, source: str, policy: Policy, trained, dist: Dist, observer) -> Sampler:
+    """Our sampling loop, or a vLLM engine over the policy when ``rollout.engine=vllm``."""
     if config.rollout.engine != "vllm":
-        return None
+        return TorchSampler()
     if is_sharded(trained) and not dist.active:
         raise DapoError(
             "rollout.engine=vllm with FSDP on one process is not supported (vLLM would "

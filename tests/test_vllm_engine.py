@@ -16,14 +16,8 @@ from dapo_cli.config import load_config
 from dapo_cli.errors import DapoError
 from dapo_cli.models import embedded_base
 from dapo_cli.policy import load_policy
-from dapo_cli.rollout import sample
-from dapo_cli.vllm_engine import (
-    INSTALL_HINT,
-    VllmEngine,
-    recompute_logprobs,
-    rollout_from_tokens,
-    vllm_available,
-)
+from dapo_cli.rollout import recompute_logprobs, rollout_from_tokens, sample
+from dapo_cli.vllm_engine import INSTALL_HINT, VllmEngine, vllm_available
 
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
 
@@ -67,11 +61,12 @@ def test_recomputed_logprobs_are_the_samplers_own():
     assert (logp[~m] == 0).all()
 
 
-class FakeEngine:
-    """What the trainer needs of an engine, on our own sampler: the same tokens the torch path
-    would draw, and "engine" log-probs off by ``offset`` (as another engine's numerics are)."""
+class FakeEngine(VllmEngine):
+    """The engine's sampler interface (``VllmEngine.sample``) over a stand-in for vLLM's
+    ``generate``: the same tokens the torch path would draw, and "engine" log-probs off by
+    ``offset`` (as another engine's numerics are)."""
 
-    def __init__(self, policy, offset=0.5):
+    def __init__(self, policy, offset=0.5):  # no vLLM to start
         self.policy, self.offset, self.loads = policy, offset, 0
 
     def generate(self, prompts, *, group_size, max_new_tokens, stop_ids, pad_token_id,
@@ -120,7 +115,9 @@ def _steps(config, engine, monkeypatch, policy, n=1, optimizer=torch.optim.SGD):
         random.Random(0),
     )
     return [
-        trainer.rollout_step(policy, opt, sched, stream, config, gen, rng, engine=engine)
+        trainer.rollout_step(
+            policy, opt, sched, stream, config, gen, rng, sampler=engine or trainer.TORCH_SAMPLER
+        )
         for _ in range(n)
     ]
 
