@@ -38,9 +38,9 @@ WORKER_FLAG = "--worker"
 
 def worker(spec: dict[str, Any]) -> None:
     """One rank of one mode (run under torch.distributed.run)."""
-    from dapo_cli import sharding
-    from dapo_cli.distributed import from_env
     from dapo_cli.policy import load_policy
+    from dapo_cli.scale import sharding
+    from dapo_cli.scale.distributed import from_env
 
     dist = from_env()
     config = bench_config(spec["group"], spec["length"], spec["prompts"], spec["micro"],

@@ -13,7 +13,7 @@ Needs a CUDA GPU (exits with a message otherwise). In one process it measures:
    once with it allowed. Models: the
    embedded ``tiny-10m`` (fp32) and a random-init Qwen2.5-0.5B-shaped model (bf16, the dtype
    ``model.dtype=auto`` picks on a bf16-capable GPU), at several batch sizes.
-3. **DAPO steps** of the 0.5B-shaped model in bf16 (``trainer.rollout_step``: sample, score,
+3. **DAPO steps** of the 0.5B-shaped model in bf16 (``trainer.dapo_step``: sample, score,
    update), trained as ``dapo train`` trains it: fp32 master weights under bf16 autocast
    (``sharding.prepare_trained``), gradient checkpointing, micro-batches. Reports the median
    step time of the steps after the first, the generation share, peak GPU memory
@@ -223,9 +223,9 @@ def bench_rollouts(name: str, policy, args, peaks: dict[str, float]) -> list[dic
 
 
 def bench_steps(model_dir: Path, args) -> dict[str, Any]:
-    from dapo_cli.distributed import SINGLE
     from dapo_cli.policy import load_policy
-    from dapo_cli.sharding import prepare_trained
+    from dapo_cli.scale.distributed import SINGLE
+    from dapo_cli.scale.sharding import prepare_trained
 
     G, length = args.group, args.max_new_tokens
     config = bench_config(G, length, args.prompts, args.micro, "train.lr=1e-6")
@@ -267,7 +267,7 @@ def profile_generation(policy, stream, config, generator, out: Path) -> None:
     spends host and device time (which attention kernels ran, how often the host waited)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from dapo_cli.trainer import collect_batch
+    from dapo_cli.step import collect_batch
 
     activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (DEVICE == "cuda")
     with profile(activities=activities) as prof:

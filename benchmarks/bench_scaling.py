@@ -2,7 +2,7 @@
 and micro-batch size; and one step of a Qwen2.5-0.5B-shaped model.
 
 Every configuration runs in its own subprocess (so its peak RSS is its own): it loads the
-model, runs ``--steps`` full DAPO steps (``trainer.rollout_step``: sample, score, update) on
+model, runs ``--steps`` full DAPO steps (``trainer.dapo_step``: sample, score, update) on
 generated medium math prompts, and reports the median step time of the steps after the
 first, the generation share, tokens, and the peak RSS (``ru_maxrss``) before the first step
 and at the end. The models are random-init (no warm start), so every response runs to
@@ -100,7 +100,7 @@ def bench_config(group: int, length: int, prompts: int, micro: int, *extra: str)
 
 
 class DapoSteps:
-    """Full DAPO steps (``trainer.rollout_step``: sample, score, update ``trained``) on
+    """Full DAPO steps (``trainer.dapo_step``: sample, score, update ``trained``) on
     generated medium math prompts whose task is the coin ``reward``: ``alternate`` (every
     other response wins: each group half/half) or ``length`` (an even number of characters
     wins). Sampling draws from a generator on the policy's device, seeded ``rank``."""
@@ -115,10 +115,10 @@ class DapoSteps:
         import torch
 
         from dapo_cli.datagen import generate_dataset
-        from dapo_cli.distributed import SINGLE
         from dapo_cli.rewards import register_verifier
+        from dapo_cli.scale.distributed import SINGLE
+        from dapo_cli.step import TORCH_SAMPLER, PromptStream, lr_lambda
         from dapo_cli.tasks.base import Score
-        from dapo_cli.trainer import TORCH_SAMPLER, PromptStream, lr_lambda
 
         if reward == "alternate":
             flips = itertools.count()
@@ -138,18 +138,18 @@ class DapoSteps:
         self.sampler = sampler or TORCH_SAMPLER
 
     def step(self) -> dict[str, float]:
-        from dapo_cli.trainer import rollout_step
+        from dapo_cli.step import dapo_step
 
-        return rollout_step(
+        return dapo_step(
             self.policy, self.optimizer, self.scheduler, self.stream, self.config,
             self.generator, self.rng, None, self.dist, self.trained, self.sampler,
         )  # fmt: skip
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from dapo_cli.distributed import SINGLE
     from dapo_cli.policy import load_policy
-    from dapo_cli.sharding import prepare_trained
+    from dapo_cli.scale.distributed import SINGLE
+    from dapo_cli.scale.sharding import prepare_trained
 
     config = bench_config(spec["group"], spec["length"], spec["prompts"], spec["micro"])
     policy = load_policy(spec["model_dir"])

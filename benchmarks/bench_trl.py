@@ -141,9 +141,9 @@ def warm_model(size: str, args, models_dir: Path) -> tuple[Path, dict[str, Any]]
     info_file = target / "bench_warm_start.json"
     if info_file.is_file():
         return target, {**json.loads(info_file.read_text()), "reused": True}
-    from dapo_cli import checkpoint as ckpt
     from dapo_cli.models import embedded_base
     from dapo_cli.policy import load_policy
+    from dapo_cli.scale import checkpoint as ckpt
     from dapo_cli.sft import supervised_warm_start
 
     base = embedded_base(size, cache_dir=models_dir)
@@ -170,7 +170,7 @@ def peak_rss_mib() -> float:
 
 def step_prompts(job: dict[str, Any]) -> list[dict[str, Any]]:
     """The prompts of the run in order: what our PromptStream hands out, P per step."""
-    from dapo_cli.trainer import PromptStream
+    from dapo_cli.step import PromptStream
 
     stream = PromptStream(train_samples(job["num_samples"], job.get("reward", "task")), job["seed"])
     return stream.take(job["steps"] * job["prompts"])
@@ -202,11 +202,11 @@ def timed(fn, sink: list[float]):
 
 
 def run_ours(job: dict[str, Any]) -> dict[str, Any]:
-    """``job['steps']`` calls of ``dapo_cli.trainer.rollout_step``, set up as ``run_training``
+    """``job['steps']`` calls of ``dapo_cli.step.dapo_step``, set up as ``run_training``
     does (AdamW, LambdaLR, PromptStream, seeded generator and mini-batch RNG) minus the
     store and checkpoints; each call timed."""
     t_setup = time.perf_counter()
-    import dapo_cli.trainer as T
+    import dapo_cli.step as T
     from dapo_cli.config import load_config
     from dapo_cli.policy import load_policy
 
@@ -266,7 +266,7 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     for k in range(t.steps):
         n_before = len(sample_times)
         t0 = time.perf_counter()
-        m = T.rollout_step(policy, optimizer, scheduler, stream, config, generator, rng)
+        m = T.dapo_step(policy, optimizer, scheduler, stream, config, generator, rng)
         seconds = time.perf_counter() - t0
         steps.append(
             {

@@ -162,7 +162,7 @@ class Sampler(Protocol):
     unpadded; rows i·n … i·n+n−1 answer prompt i) as a ``Rollout`` whose ``logprobs`` are the
     sampler's numbers for the sampled tokens. ``exact_logprobs``: those are the trained
     module's own (same code, same weights), so with fp32 weights they can serve as the old
-    log-probs; else the update takes or recomputes its own (``trainer.old_logprobs_source``).
+    log-probs; else the update takes or recomputes its own (``step.old_logprobs_source``).
     ``own_weights``: it samples from its own copy, refreshed by ``load_weights`` after each
     update."""
 

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dapo_cli.distributed import SINGLE
 from dapo_cli.policy import Policy
 from dapo_cli.rollout import position_ids_from_mask
-from dapo_cli.sharding import compute_context, prepare_trained, sync_weights
+from dapo_cli.scale.distributed import SINGLE
+from dapo_cli.scale.sharding import compute_context, prepare_trained, sync_weights
 from dapo_cli.tasks import TASKS
 
 

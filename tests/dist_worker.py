@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py under ``torch.distributed.run`` (2 CPU processes, gloo).
 
-``update BATCH MODEL_DIR OUT CONFIG_JSON``: one ``trainer.update`` of a saved batch with
+``update BATCH MODEL_DIR OUT CONFIG_JSON``: one ``one_step.update`` of a saved batch with
 plain SGD (FSDP when the config or the environment asks for it); rank 0 saves the weights
 (of the rollout model) and metrics.
 ``train ARGS...``: the ``dapo train`` command itself.
@@ -19,9 +19,10 @@ register_verifier("test-parity", lambda s, c: Score.binary(len(c) % 2 == 0))
 
 
 def run_update(batch_file: str, model_dir: str, out: str, overrides: str) -> None:
-    from dapo_cli import distributed, sharding, trainer
+    from dapo_cli import step as one_step
     from dapo_cli.config import load_config
     from dapo_cli.policy import load_policy
+    from dapo_cli.scale import distributed, sharding
 
     dist = distributed.from_env()
     distributed.GRAD_BUCKET_BYTES = 64_000  # the embedded model's gradients in ~70 buckets
@@ -34,7 +35,7 @@ def run_update(batch_file: str, model_dir: str, out: str, overrides: str) -> Non
     optimizer = torch.optim.SGD(params, lr=config.train.lr)
     batch = torch.load(batch_file, weights_only=False)
     rng = random.Random(0)
-    metrics = trainer.update(policy, optimizer, batch, config, rng, dist=dist, model=trained)
+    metrics = one_step.update(policy, optimizer, batch, config, rng, dist=dist, model=trained)
     # under FSDP, policy.model is the rollout copy: its weights must be the updated ones
     if dist.main:
         state = policy.model.state_dict()

@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from dapo_cli import trainer
+from dapo_cli import step as one_step
 from dapo_cli.config import load_config
-from dapo_cli.distributed import Dist
 from dapo_cli.models import embedded_base
 from dapo_cli.policy import load_policy
 from dapo_cli.rewards import register_verifier
+from dapo_cli.scale.distributed import Dist
 from dapo_cli.store import Store
 from dapo_cli.tasks.base import Score
 
@@ -92,8 +92,8 @@ def test_two_processes_take_the_single_process_update(tmp_path, data_file, paral
     model_dir = embedded_base("tiny-1m")
     policy = load_policy(str(model_dir), device="cpu")  # as the launched processes (no GPU)
     samples = [json.loads(line) for line in data_file.read_text().splitlines()]
-    stream = trainer.PromptStream(samples, seed=0)
-    batch = trainer.collect_batch(policy, stream, config, torch.Generator().manual_seed(0))
+    stream = one_step.PromptStream(samples, seed=0)
+    batch = one_step.collect_batch(policy, stream, config, torch.Generator().manual_seed(0))
     assert batch.advantages.abs().sum() > 0  # a batch with signal
     if parallelism == "fsdp":
         batch.advantages[1] = 0.0  # a row the update skips
@@ -104,7 +104,7 @@ def test_two_processes_take_the_single_process_update(tmp_path, data_file, paral
     # lr * sign(grad), which would hide a wrongly scaled gradient).
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
     optimizer = torch.optim.SGD(policy.model.parameters(), lr=1.0)
-    single = trainer.update(policy, optimizer, batch, config, random.Random(0))
+    single = one_step.update(policy, optimizer, batch, config, random.Random(0))
     assert single["updates"] == 2  # two mini-batches: two optimiser steps
 
     out = tmp_path / "two.pt"
@@ -209,8 +209,8 @@ def test_fsdp_under_accelerate_launch_trains_as_ddp_does(tmp_path, data_file):
 
 
 def test_fsdp_is_chosen_by_accelerate_or_the_config_and_reads_its_settings(monkeypatch):
-    from dapo_cli import sharding
     from dapo_cli.errors import DapoError
+    from dapo_cli.scale import sharding
 
     for name in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_RESHARD_AFTER_FORWARD",
                  "FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING"):  # fmt: skip
@@ -237,8 +237,8 @@ def test_fsdp_is_chosen_by_accelerate_or_the_config_and_reads_its_settings(monke
 def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
     """NCCL needs a GPU per process: the second process on a one-GPU machine stops with a
     message that says what to do, before any process group is made."""
-    from dapo_cli import distributed
     from dapo_cli.errors import DapoError
+    from dapo_cli.scale import distributed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

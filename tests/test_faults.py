@@ -16,14 +16,14 @@ import torch
 from test_train import CrashAt, make_config, weights
 from typer.testing import CliRunner
 
-from dapo_cli import checkpoint as ckpt
-from dapo_cli import trainer
+from dapo_cli import step as one_step
 from dapo_cli.cli.app import app
 from dapo_cli.config import load_config
 from dapo_cli.errors import DapoError
 from dapo_cli.models import embedded_base
 from dapo_cli.rewards import register_verifier
-from dapo_cli.runner import run_training
+from dapo_cli.run import run_training
+from dapo_cli.scale import checkpoint as ckpt
 from dapo_cli.store import Store
 from dapo_cli.tasks.base import Score
 
@@ -55,7 +55,7 @@ def test_a_failure_inside_a_step_saves_the_last_good_state_and_resume_finishes_i
     extra = ("train.steps=4", "output.save_every=0")
     straight = run_training(make_config(tmp_path / "a", data_file, *extra))
     cfg = make_config(tmp_path / "b", data_file, *extra)
-    monkeypatch.setattr(trainer, "collect_batch", _failing_at(3, trainer.collect_batch))
+    monkeypatch.setattr(one_step, "collect_batch", _failing_at(3, one_step.collect_batch))
     said = CrashAt(None)
     with pytest.raises(RuntimeError, match="boom"):
         run_training(cfg, observer=said)
@@ -77,7 +77,7 @@ def test_a_failure_inside_an_update_names_the_latest_checkpoint(tmp_path, data_f
     cfg = make_config(tmp_path, data_file, "train.steps=4", "output.save_every=2")
     # two mini-batches a step, each measures its gradient norm before its optimiser step:
     # the 6th is step 3's second, after step 3's first update
-    monkeypatch.setattr(trainer, "full_value", _failing_at(6, trainer.full_value))
+    monkeypatch.setattr(one_step, "full_value", _failing_at(6, one_step.full_value))
     said = CrashAt(None)
     with pytest.raises(RuntimeError, match="boom"):
         run_training(cfg, observer=said)

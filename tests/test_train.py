@@ -10,13 +10,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from dapo_cli import trainer
+from dapo_cli import step as one_step
 from dapo_cli.cli.app import app
 from dapo_cli.config import load_config
 from dapo_cli.errors import DapoError
 from dapo_cli.models import embedded_base
 from dapo_cli.rewards import register_verifier
-from dapo_cli.runner import TrainObserver, run_training
+from dapo_cli.run import TrainObserver, run_training
 from dapo_cli.store import Store
 from dapo_cli.tasks.base import Score
 
@@ -160,13 +160,13 @@ def test_plain_grpo_configuration_trains(tmp_path, data_file):
 
 
 def test_a_non_finite_loss_skips_the_update(tmp_path, data_file, monkeypatch):
-    real = trainer.A.policy_loss
+    real = one_step.A.policy_loss
 
     def nan_loss(*args, **kwargs):
         loss, stats = real(*args, **kwargs)
         return loss * float("nan"), stats
 
-    monkeypatch.setattr(trainer.A, "policy_loss", nan_loss)
+    monkeypatch.setattr(one_step.A, "policy_loss", nan_loss)
     # overlong filtering off: a random model's responses are all truncated, and rows with
     # every token filtered are never run (so no loss would be computed at all)
     config = make_config(tmp_path, data_file, "train.steps=1", "algorithm.overlong_filtering=false")
@@ -291,9 +291,9 @@ def test_rows_without_gradient_are_skipped_and_the_step_is_unchanged(tmp_path, m
     ])  # fmt: skip
     policy = load_policy(str(embedded_base("tiny-1m")))
     samples = [json.loads(line) for line in path.read_text().splitlines()]
-    batch = trainer.collect_batch(
+    batch = one_step.collect_batch(
         policy,
-        trainer.PromptStream(samples, seed=0),
+        one_step.PromptStream(samples, seed=0),
         config,
         torch.Generator(policy.device).manual_seed(0),
     )
@@ -319,9 +319,9 @@ def test_rows_without_gradient_are_skipped_and_the_step_is_unchanged(tmp_path, m
         forwarded.append(sub.response_ids.size(0))
         return sequence_logprobs(model, sub, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "sequence_logprobs", counting)
+    monkeypatch.setattr(one_step, "sequence_logprobs", counting)
     optimizer = torch.optim.SGD(policy.model.parameters(), lr=1.0)
-    out = trainer.update(policy, optimizer, batch, config, random.Random(0))
+    out = one_step.update(policy, optimizer, batch, config, random.Random(0))
     assert sum(forwarded) == int((~idle).sum())  # only the rows with a gradient were run
     assert out["rows_skipped"] == pytest.approx(float(idle.float().mean()))
     # the logged loss is the mini-batch's loss over all its tokens (skipped rows add 0),
@@ -348,15 +348,15 @@ def test_groups_filtered_counts_groups_without_signal_not_the_surplus(tmp_path):
         "train.train_batch_size=4", "train.gen_batch_size=12", "train.mini_batch_size=4",
     ])  # fmt: skip
     policy = load_policy(str(embedded_base("tiny-1m")))
-    batch = trainer.collect_batch(
+    batch = one_step.collect_batch(
         policy,
-        trainer.PromptStream(samples, seed=0),
+        one_step.PromptStream(samples, seed=0),
         config,
         torch.Generator(policy.device).manual_seed(0),
     )
     stats = batch.stats
     assert stats["prompts_trained"] == 4 and stats["gen_batches"] == 1
-    drawn = trainer.PromptStream(samples, seed=0).take(12)  # the same 12 prompts
+    drawn = one_step.PromptStream(samples, seed=0).take(12)  # the same 12 prompts
     constant = sum(s["task_type"] != "test-parity" for s in drawn)
     assert 0 < constant < 12
     # every all-wrong / all-right group counts; a parity group only if its 8 lengths agree
@@ -381,7 +381,7 @@ def test_the_update_shares_prompt_passes_except_under_checkpointing(tmp_path, da
                          "algorithm.overlong_filtering=false")  # fmt: skip
     policy = load_policy(str(embedded_base("tiny-1m")))
     samples = [json.loads(line) for line in data_file.read_text().splitlines()]
-    batch = trainer.collect_batch(policy, trainer.PromptStream(samples, seed=0), config,
+    batch = one_step.collect_batch(policy, one_step.PromptStream(samples, seed=0), config,
                                   torch.Generator(policy.device).manual_seed(0))  # fmt: skip
     seen = []
 
@@ -389,13 +389,13 @@ def test_the_update_shares_prompt_passes_except_under_checkpointing(tmp_path, da
         seen.append(groups)
         return sequence_logprobs(model, sub, *args, groups=groups, **kwargs)
 
-    monkeypatch.setattr(trainer, "sequence_logprobs", recording)
+    monkeypatch.setattr(one_step, "sequence_logprobs", recording)
     optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.0)
-    trainer.update(policy, optimizer, batch, config, random.Random(0))
+    one_step.update(policy, optimizer, batch, config, random.Random(0))
     assert seen and all(g is not None for g in seen)
     seen.clear()
     enable_gradient_checkpointing(policy.model)
-    trainer.update(policy, optimizer, batch, config, random.Random(0))
+    one_step.update(policy, optimizer, batch, config, random.Random(0))
     assert seen and all(g is None for g in seen)
 
 
@@ -477,7 +477,7 @@ def test_a_named_model_warm_start_is_the_kl_reference(tmp_path, data_file):
     result = run_training(cfg)
     assert result.history[0]["kl_ref"] < 1e-6
     assert (tmp_path / "ck" / "kl_reference" / "config.json").is_file()
-    from dapo_cli.checkpoint import load_trainer_state
+    from dapo_cli.scale.checkpoint import load_trainer_state
 
     state = load_trainer_state(result.final_dir)
     assert state["kl_reference"] == str((tmp_path / "ck" / "kl_reference").resolve())
@@ -492,8 +492,8 @@ def test_entropy_counts_every_generated_token_truncated_included(tmp_path, data_
     config = make_config(tmp_path, data_file, "algorithm.dynamic_sampling=false")
     policy = load_policy(str(embedded_base("tiny-1m")))
     samples = [json.loads(line) for line in data_file.read_text().splitlines()]
-    batch = trainer.collect_batch(
-        policy, trainer.PromptStream(samples, 0), config, torch.Generator().manual_seed(0)
+    batch = one_step.collect_batch(
+        policy, one_step.PromptStream(samples, 0), config, torch.Generator().manual_seed(0)
     )
     assert bool(batch.rollout.truncated.any())  # a random model: truncated responses exist
     _, entropy = sequence_logprobs(policy.model, batch.rollout, 1.0, return_entropy=True)

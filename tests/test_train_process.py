@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from dapo_cli.checkpoint import latest_checkpoint, prune_checkpoints, remove_leftovers
 from dapo_cli.datagen import generate_dataset
 from dapo_cli.records import write_records
+from dapo_cli.scale.checkpoint import latest_checkpoint, prune_checkpoints, remove_leftovers
 from dapo_cli.store import Store
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

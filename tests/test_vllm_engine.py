@@ -10,14 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dapo_cli import trainer
+from dapo_cli import step as one_step
 from dapo_cli.cli.app import app
 from dapo_cli.config import load_config
 from dapo_cli.errors import DapoError
 from dapo_cli.models import embedded_base
 from dapo_cli.policy import load_policy
 from dapo_cli.rollout import recompute_logprobs, rollout_from_tokens, sample
-from dapo_cli.vllm_engine import INSTALL_HINT, VllmEngine, vllm_available
+from dapo_cli.scale.vllm_engine import INSTALL_HINT, VllmEngine, vllm_available
 
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
 
@@ -105,18 +105,18 @@ def _steps(config, engine, monkeypatch, policy, n=1, optimizer=torch.optim.SGD):
         n = roll.response_ids.size(0)
         return torch.tensor([1.0, -1.0] * (n // 2)), torch.tensor([True, False] * (n // 2))
 
-    monkeypatch.setattr(trainer, "score_responses", alternating)
+    monkeypatch.setattr(one_step, "score_responses", alternating)
     torch.manual_seed(0)
     opt = optimizer(policy.model.parameters(), lr=1e-2 if optimizer is torch.optim.AdamW else 1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     stream, gen, rng = (
-        trainer.PromptStream(samples, 0),
+        one_step.PromptStream(samples, 0),
         torch.Generator().manual_seed(0),
         random.Random(0),
     )
     return [
-        trainer.rollout_step(
-            policy, opt, sched, stream, config, gen, rng, sampler=engine or trainer.TORCH_SAMPLER
+        one_step.dapo_step(
+            policy, opt, sched, stream, config, gen, rng, sampler=engine or one_step.TORCH_SAMPLER
         )
         for _ in range(n)
     ]
@@ -133,7 +133,7 @@ def test_an_engines_rollout_trains_as_our_sampler_would(monkeypatch):
     policy = load_policy(source, device="cpu")
     engine = FakeEngine(policy)
     m = _steps(config, engine, monkeypatch, policy)[0]
-    assert trainer.one_update_per_batch(config)
+    assert one_step.one_update_per_batch(config)
     assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert m["rollout_logprob_diff_max"] == pytest.approx(0.5, abs=1e-4)
     assert m["updates"] == 1 and engine.loads == 1
@@ -145,13 +145,13 @@ def test_an_engines_rollout_trains_as_our_sampler_would(monkeypatch):
     policy = load_policy(source, device="cpu")
     engine = FakeEngine(policy)
     m = _steps(config, engine, monkeypatch, policy)[0]
-    assert not trainer.one_update_per_batch(config)
+    assert not one_step.one_update_per_batch(config)
     assert m["rollout_logprob_diff_max"] == pytest.approx(0.5, abs=1e-4)  # measured at sampling
     assert m["updates"] == 2 and engine.loads == 1
 
 
 def test_the_vllm_engine_without_vllm_is_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr("dapo_cli.runner.vllm_available", lambda: False)
+    monkeypatch.setattr("dapo_cli.run.vllm_available", lambda: False)
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"task_type": "math", "prompt": "1+1?", "answer": "2",
                                 "split": "train"}) + "\n")  # fmt: skip
@@ -286,7 +286,7 @@ def test_cli_train_with_the_vllm_engine(tmp_path):
 
 
 def test_vllm_engine_refuses_to_start_without_vllm(monkeypatch):
-    monkeypatch.setattr("dapo_cli.vllm_engine.vllm_available", lambda: False)
+    monkeypatch.setattr("dapo_cli.scale.vllm_engine.vllm_available", lambda: False)
     with pytest.raises(DapoError, match="pip install vllm"):
         VllmEngine("x", torch.nn.Linear(2, 2), seed=0, max_model_len=8)
 

@@ -126,7 +126,7 @@ def train(
     after training began saves the last good state first. When the model has learned the
     data (dynamic sampling finds no group with signal), the run stops early as converged.
     """
-    from dapo_cli.runner import (
+    from dapo_cli.run import (
         resume_command,
         run_training,
     )  # torch and transformers load only when training
@@ -200,11 +200,11 @@ def sft(
     warm start that teaches a model the answer format before RL. Works on any causal LM."""
     import torch
 
-    from dapo_cli import checkpoint
     from dapo_cli.paths import resolve_db_path
     from dapo_cli.policy import load_policy
     from dapo_cli.records import read_records
     from dapo_cli.runlog import RunLog, log_path
+    from dapo_cli.scale import checkpoint
     from dapo_cli.sft import supervised_warm_start
     from dapo_cli.store import Store
 

@@ -40,9 +40,9 @@ import torch
 import torch.distributed as td
 from torch import nn
 
-from dapo_cli.distributed import Dist
 from dapo_cli.errors import DapoError
 from dapo_cli.models import enable_gradient_checkpointing
+from dapo_cli.scale.distributed import Dist
 
 _TRUE = ("1", "true", "yes")
 

@@ -1,7 +1,7 @@
 """Several training processes on ``torch.distributed``, started by ``accelerate launch`` or
 ``torchrun`` (both set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT).
 
-How the work is split (see ``trainer.py``):
+How the work is split (see ``step.py``):
 
 - **Generation and scoring are sharded.** Every rank draws the same global generation batch
   from the prompt stream and samples only its contiguous slice of it; the scored rollouts
@@ -84,7 +84,7 @@ class Dist:
         """Sum the gradients of ``params`` across ranks, in flat buckets of about
         ``GRAD_BUCKET_BYTES`` (as DDP does; one flat buffer of every gradient would double
         their memory for a moment). Every parameter must have a gradient (zeros on a rank
-        that saw no rows: ``trainer.update`` sets them)."""
+        that saw no rows: ``step.update`` sets them)."""
         if not self.active:
             return
         limit = GRAD_BUCKET_BYTES

@@ -26,7 +26,6 @@ import torch
 
 from dapo_cli import algorithm as A
 from dapo_cli.config import Config
-from dapo_cli.distributed import SINGLE, Dist
 from dapo_cli.errors import DapoError
 from dapo_cli.models import checkpointing_enabled
 from dapo_cli.policy import Policy
@@ -39,7 +38,8 @@ from dapo_cli.rollout import (
     recompute_logprobs,
     sequence_logprobs,
 )
-from dapo_cli.sharding import compute_context, full_value, is_sharded, sync_weights
+from dapo_cli.scale.distributed import SINGLE, Dist
+from dapo_cli.scale.sharding import compute_context, full_value, is_sharded, sync_weights
 
 
 class PromptStream:
@@ -537,7 +537,7 @@ def lr_lambda(config: Config) -> Callable[[int], float]:
     return factor
 
 
-def rollout_step(
+def dapo_step(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
     scheduler,

@@ -19,11 +19,9 @@ from typing import Any
 
 import torch
 
-from dapo_cli import checkpoint as ckpt
 from dapo_cli import sandbox
 from dapo_cli.config import Config, to_yaml
 from dapo_cli.datagen import generate_dataset
-from dapo_cli.distributed import Dist, from_env
 from dapo_cli.errors import DapoError
 from dapo_cli.models import count_parameters, embedded_base, models_root
 from dapo_cli.observer import TrainObserver
@@ -33,8 +31,9 @@ from dapo_cli.records import read_records
 from dapo_cli.rewards import require_sandbox_for
 from dapo_cli.rollout import Sampler, TorchSampler
 from dapo_cli.runlog import LoggedObserver, RunLog, log_path
-from dapo_cli.sft import supervised_warm_start
-from dapo_cli.sharding import (
+from dapo_cli.scale import checkpoint as ckpt
+from dapo_cli.scale.distributed import Dist, from_env
+from dapo_cli.scale.sharding import (
     fsdp_options,
     is_sharded,
     load_optimizer_state,
@@ -42,9 +41,10 @@ from dapo_cli.sharding import (
     prepare_trained,
     weights_to_save,
 )
+from dapo_cli.scale.vllm_engine import INSTALL_HINT, VllmEngine, vllm_available
+from dapo_cli.sft import supervised_warm_start
+from dapo_cli.step import Converged, PromptStream, dapo_step, lr_lambda
 from dapo_cli.store import Store
-from dapo_cli.trainer import Converged, PromptStream, lr_lambda, rollout_step
-from dapo_cli.vllm_engine import INSTALL_HINT, VllmEngine, vllm_available
 
 # With no data given: number puzzles (many correct answers, checked by their properties), a
 # task a ~1M-parameter model learns in minutes on a CPU and where the reward teaches more than
@@ -200,16 +200,6 @@ def _optimizer_steps(optimizer) -> int:
     return 0
 
 
-def _trainer_state(step, run_id, stream, optim_state, scheduler, generators, rng) -> dict:
-    """``generators``: every rank's sampling generator state, in rank order."""
-    return {
-        "step": step, "run_id": run_id, "stream": stream.state_dict(),
-        "optimizer": optim_state, "scheduler": scheduler.state_dict(),
-        "generator": generators[0], "generators": generators, "rng": rng.getstate(),
-        "torch_rng": torch.get_rng_state(),
-    }  # fmt: skip
-
-
 def _sampling_generator(device, seed: int, dist: Dist) -> torch.Generator:
     """Rank 0 samples with ``seed`` (a single process is rank 0); other ranks with their own
     streams, so two ranks never draw the same random numbers."""
@@ -221,7 +211,18 @@ def run_training(
 ) -> TrainResult:
     """Train with DAPO as ``config`` says; returns where things went and the metrics.
 
-    Under ``accelerate launch``/``torchrun`` every process calls this; see ``distributed``."""
+    Under ``accelerate launch``/``torchrun`` every process calls this; see
+    ``scale.distributed``."""
+    return build_run(config, resume=resume, observer=observer).train()
+
+
+def build_run(
+    config: Config, *, resume: bool = False, observer: TrainObserver | None = None
+) -> Run:
+    """Everything a run needs, loaded and checked in this order: the checkpoint to resume,
+    the data (and the sandbox its rewards need), the model (warm-started when asked), the
+    module the optimiser trains, the sampler, the KL reference, the optimiser; then the
+    state of a resumed run, and where its metrics go."""
     if config.rollout.engine == "vllm" and not vllm_available():
         raise DapoError(INSTALL_HINT)  # before any work
     dist = from_env()
@@ -233,58 +234,17 @@ def run_training(
     if dist.main:
         for leftover in ckpt.remove_leftovers(out_dir):
             observer.message(f"removed {leftover.name}, left by a save that was killed")
-    resume_from, state = None, None
-    if resume:
-        point = ckpt.resume_point(out_dir)
-        if point is None:
-            raise DapoError(f"--resume: no checkpoint under {out_dir}; start without --resume")
-        resume_from, state, skipped = point
-        for problem in skipped:
-            observer.message(f"resume: passed over a broken checkpoint: {problem}")
+    resume_from, state = _resume_point(out_dir, observer) if resume else (None, None)
 
     samples = load_samples(config, observer)
     _check_sandbox(config, samples, observer)
-    if resume_from is not None:
-        source, warm = str(resume_from), False
-    elif config.model.name:
-        source, warm = config.model.name, config.warm_start.enabled == "on"
-    else:  # the embedded default: warm-started (and cached) unless switched off
-        with dist.main_first():  # rank 0 builds the cache, the others then reuse it
-            embedded = (
-                warm_start(config, samples, observer)
-                if config.warm_start.enabled != "off"
-                else embedded_base(config.model.embedded_size)
-            )
-        source, warm = str(embedded), False
+    source, warm = _model_source(config, resume_from, samples, dist, observer)
     policy = load_policy(source, device=_device(config, dist), dtype=config.model.dtype)
     observer.message(_model_line(source, policy, dist))
     if warm:
         _supervise(policy, samples, config, observer)
     dist.broadcast_params(policy.model)
-    fp32_weights = None
-    if resume_from is not None and policy.model.dtype != torch.float32:  # saved master weights
-        fp32_weights = load_policy(source, device=policy.device, dtype="float32").model
-    trained = prepare_trained(  # the module the optimiser updates (see sharding.py)
-        policy.model,
-        dist,
-        parallelism=config.train.parallelism,
-        gradient_checkpointing=config.model.gradient_checkpointing,
-        fp32_weights=fp32_weights,
-    )
-    del fp32_weights
-    if is_sharded(trained):
-        offload = fsdp_options()["offload_params"] and policy.device.type != "cpu"
-        observer.message(
-            f"FSDP: parameters, gradients and optimiser state sharded over {dist.world} "
-            f"process{'es' if dist.world > 1 else ''}"
-            f"{', offloaded to CPU memory' if offload else ''}; rollout on a full copy, "
-            "refreshed after each update"
-        )
-    if policy.model.dtype != torch.float32:
-        observer.message(
-            f"mixed precision: {str(policy.model.dtype).removeprefix('torch.')} compute, "
-            "fp32 master weights"
-        )
+    trained = _trained_module(config, policy, source, resume_from is not None, dist, observer)
     samples = _fitting_prompts(policy, samples, config.data.max_prompt_tokens, observer)
     sampler = _sampler(config, source, policy, trained, dist, observer)
     reference, reference_source = None, None
@@ -301,111 +261,281 @@ def run_training(
         lr=t.lr,
         weight_decay=t.weight_decay,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    stream = PromptStream(samples, t.seed)
-    generator = _sampling_generator(policy.device, t.seed, dist)
-    rng = random.Random(f"dapo-minibatch:{t.seed}")
-    step = 0
-
+    run = Run(
+        config, dist, observer, out_dir, policy, trained, sampler, reference,
+        reference_source, optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config)),
+        stream=PromptStream(samples, t.seed),
+        generator=_sampling_generator(policy.device, t.seed, dist),
+        rng=random.Random(f"dapo-minibatch:{t.seed}"),
+    )  # fmt: skip
     db_path = resolve_db_path(config.output.db_path)
     store = Store(db_path) if dist.main else None  # only rank 0 writes
-    run_id = ""
     if state is not None:
-        step, run_id = state["step"], state["run_id"]
-        load_optimizer_state(trained, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        stream.load_state_dict(state["stream"])
-        generators = state.get("generators", [state["generator"]])
-        if len(generators) == dist.world:
-            generator.set_state(generators[dist.rank])
-        else:
-            observer.message(
-                f"resume: the checkpoint has {len(generators)} sampling stream(s) for "
-                f"{dist.world} process(es); sampling is reseeded"
-            )
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
+        run.load_state_dict(state)
         if store is not None:
-            store.reopen_run(run_id, step)
-        observer.message(f"resumed from {resume_from} at step {step}")
+            store.reopen_run(run.run_id, run.steps_done)
+        observer.message(f"resumed from {resume_from} at step {run.steps_done}")
     elif store is not None:
-        run_id = store.start_run("train", config.to_dict(), source)
+        run.run_id = store.start_run("train", config.to_dict(), source)
     if dist.main:
-        observer.message(f"log: {log.open(log_path(db_path, 'train', run_id))}")
+        observer.message(f"log: {log.open(log_path(db_path, 'train', run.run_id))}")
         _save_config(config, out_dir)
+    tensorboard = _tensorboard_writer(out_dir, run.run_id, observer) if dist.main else None
+    run.sinks = MetricSinks(db_path, store, log, tensorboard, observer)
+    return run
 
-    def save(path: Path) -> None:
-        generators = dist.gather(generator.get_state())  # collective: every rank calls it
-        optim = optimizer_state(trained, optimizer)  # collective under FSDP
-        model, weights = weights_to_save(trained, policy.model)  # collective under FSDP
-        if dist.main:
-            saved = _trainer_state(step, run_id, stream, optim, scheduler, generators, rng)
-            saved["kl_reference"] = reference_source
-            ckpt.save_checkpoint(path, model, policy.tokenizer, saved, weights=weights)
-        dist.barrier()
 
-    history: list[dict[str, float]] = []
-    status, note = "completed", ""
-    tensorboard = _tensorboard_writer(out_dir, run_id, observer) if dist.main else None
-    interrupt = _GracefulInterrupt(observer)
-    first_step = step
-    try:
-        with interrupt.installed():
-            while step < t.steps:
-                start = _StepStart.take(stream, generator, rng, optimizer)
-                try:
-                    metrics = rollout_step(
-                        policy, optimizer, scheduler, stream, config, generator, rng, reference,
-                        dist, trained, sampler,
-                    )  # fmt: skip
-                except Converged as done:
-                    status, note = "converged", str(done)
-                    observer.message(note)
-                    break
-                start = None  # the step is done: the live state is the good state
-                step += 1
-                history.append(metrics)
-                if store is not None:
-                    store.log_metrics(run_id, step, metrics)
-                if tensorboard is not None:
-                    for name, value in metrics.items():
-                        tensorboard.add_scalar(f"dapo/{name}", value, step)
-                    tensorboard.flush()
-                observer.train_step(step, t.steps, metrics)
-                every = config.output.save_every
-                stop = dist.any(interrupt.requested)  # every rank stops at the same step
-                if stop or (every and step % every == 0 and step < t.steps):
-                    save(ckpt.step_dir(out_dir, step))
-                    if dist.main:
-                        ckpt.prune_checkpoints(out_dir, config.output.keep_checkpoints)
-                if stop:
-                    status = "interrupted"
-                    break
-    except BaseException as exc:
-        if store is not None:
-            store.finish_run(run_id, "failed" if not interrupt.requested else "interrupted")
-        if isinstance(exc, Exception) and step > first_step:
-            _rescue(step, start, save, stream, generator, rng, optimizer, out_dir, dist, observer)
-        log.line(f"failed at step {step}: {type(exc).__name__}: {exc}")
-        log.close()
-        raise
-    final_dir = None
-    if status in ("completed", "converged"):
-        final_dir = out_dir / ckpt.FINAL_NAME
-        save(final_dir)
-    if store is not None:
-        store.finish_run(run_id, status)
-    log.line(
-        f"{status} after {step} steps" + (f"; final checkpoint {final_dir}" if final_dir else "")
+def _resume_point(out_dir: Path, observer) -> tuple[Path, dict[str, Any]]:
+    """The latest good checkpoint under ``out_dir`` and its trainer state."""
+    point = ckpt.resume_point(out_dir)
+    if point is None:
+        raise DapoError(f"--resume: no checkpoint under {out_dir}; start without --resume")
+    resume_from, state, skipped = point
+    for problem in skipped:
+        observer.message(f"resume: passed over a broken checkpoint: {problem}")
+    return resume_from, state
+
+
+def _model_source(config: Config, resume_from, samples, dist: Dist, observer) -> tuple[str, bool]:
+    """What to load (a checkpoint, the named model, or the embedded one, warm-started and
+    cached unless switched off) and whether to warm-start it here first."""
+    if resume_from is not None:
+        return str(resume_from), False
+    if config.model.name:
+        return config.model.name, config.warm_start.enabled == "on"
+    with dist.main_first():  # rank 0 builds the cache, the others then reuse it
+        embedded = (
+            warm_start(config, samples, observer)
+            if config.warm_start.enabled != "off"
+            else embedded_base(config.model.embedded_size)
+        )
+    return str(embedded), False
+
+
+def _trained_module(config: Config, policy: Policy, source: str, resumed: bool, dist, observer):
+    """The module the optimiser updates (see scale/sharding.py): the policy's own model, an
+    fp32 master copy of a bf16/fp16 policy (a resumed run's saved fp32 weights), or an FSDP
+    copy; said when it is not the policy's own."""
+    fp32_weights = None
+    if resumed and policy.model.dtype != torch.float32:  # saved master weights
+        fp32_weights = load_policy(source, device=policy.device, dtype="float32").model
+    trained = prepare_trained(
+        policy.model,
+        dist,
+        parallelism=config.train.parallelism,
+        gradient_checkpointing=config.model.gradient_checkpointing,
+        fp32_weights=fp32_weights,
     )
-    log.close()
-    if tensorboard is not None:
-        tensorboard.close()
-    if isinstance(sampler, VllmEngine):
-        dist.barrier()  # vLLM's shutdown also ends the launcher's process group
-        sampler.close()
-    dist.close()  # every rank leaves together (see Dist.close)
-    return TrainResult(run_id, status, step, final_dir, db_path, history, interrupt.signum, note)
+    if is_sharded(trained):
+        offload = fsdp_options()["offload_params"] and policy.device.type != "cpu"
+        observer.message(
+            f"FSDP: parameters, gradients and optimiser state sharded over {dist.world} "
+            f"process{'es' if dist.world > 1 else ''}"
+            f"{', offloaded to CPU memory' if offload else ''}; rollout on a full copy, "
+            "refreshed after each update"
+        )
+    if policy.model.dtype != torch.float32:
+        observer.message(
+            f"mixed precision: {str(policy.model.dtype).removeprefix('torch.')} compute, "
+            "fp32 master weights"
+        )
+    return trained
+
+
+@dataclass
+class MetricSinks:
+    """Where a run's metrics and outcome go: the store, the plain-text log, TensorBoard and
+    the observer (the CLI's step line). Only rank 0 has a store and a writer."""
+
+    db_path: Path
+    store: Store | None
+    log: RunLog
+    tensorboard: Any
+    observer: TrainObserver
+
+    def record(self, run_id: str, step: int, total: int, metrics: dict[str, float]) -> None:
+        if self.store is not None:
+            self.store.log_metrics(run_id, step, metrics)
+        if self.tensorboard is not None:
+            for name, value in metrics.items():
+                self.tensorboard.add_scalar(f"dapo/{name}", value, step)
+            self.tensorboard.flush()
+        self.observer.train_step(step, total, metrics)
+
+    def mark(self, run_id: str, status: str) -> None:
+        if self.store is not None:
+            self.store.finish_run(run_id, status)
+
+    def close(self, line: str) -> None:
+        self.log.line(line)
+        self.log.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+@dataclass
+class Run:
+    """A training run, built by ``build_run``: ``step()`` takes one DAPO step and records
+    it; ``train()`` steps to ``train.steps`` with checkpoints, Ctrl-C/SIGTERM, rescue of the
+    last good state and the final save; ``state_dict()`` is what a checkpoint keeps."""
+
+    config: Config
+    dist: Dist
+    observer: TrainObserver
+    out_dir: Path
+    policy: Policy
+    trained: Any  # the module the optimiser updates (see _trained_module)
+    sampler: Sampler
+    reference: Any  # the KL reference model, or None
+    reference_source: str | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    stream: PromptStream
+    generator: torch.Generator
+    rng: random.Random
+    sinks: MetricSinks | None = None
+    run_id: str = ""
+    steps_done: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    pending: _StepStart | None = None  # a step under way: the state before it
+
+    def step(self) -> dict[str, float]:
+        """One DAPO step (raises ``Converged`` when dynamic sampling finds nothing to learn);
+        its metrics recorded."""
+        self.pending = _StepStart.take(self.stream, self.generator, self.rng, self.optimizer)
+        metrics = dapo_step(
+            self.policy, self.optimizer, self.scheduler, self.stream, self.config,
+            self.generator, self.rng, self.reference, self.dist, self.trained, self.sampler,
+        )  # fmt: skip
+        self.pending = None  # the step is done: the live state is the good state
+        self.steps_done += 1
+        self.history.append(metrics)
+        self.sinks.record(self.run_id, self.steps_done, self.config.train.steps, metrics)
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer state a checkpoint keeps (empty on ranks other than 0). A collective
+        under several processes: every rank calls it."""
+        generators = self.dist.gather(self.generator.get_state())
+        optim = optimizer_state(self.trained, self.optimizer)  # collective under FSDP
+        if not self.dist.main:
+            return {}
+        return {
+            "step": self.steps_done, "run_id": self.run_id, "stream": self.stream.state_dict(),
+            "optimizer": optim, "scheduler": self.scheduler.state_dict(),
+            "generator": generators[0], "generators": generators,  # every rank's, in order
+            "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
+            "kl_reference": self.reference_source,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_done, self.run_id = state["step"], state["run_id"]
+        load_optimizer_state(self.trained, self.optimizer, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stream.load_state_dict(state["stream"])
+        generators = state.get("generators", [state["generator"]])
+        if len(generators) == self.dist.world:
+            self.generator.set_state(generators[self.dist.rank])
+        else:
+            self.observer.message(
+                f"resume: the checkpoint has {len(generators)} sampling stream(s) for "
+                f"{self.dist.world} process(es); sampling is reseeded"
+            )
+        self.rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save(self, path: Path) -> None:
+        """A checkpoint of the weights and the trainer state (every rank calls it)."""
+        state = self.state_dict()
+        model, weights = weights_to_save(self.trained, self.policy.model)  # collective (FSDP)
+        if self.dist.main:
+            ckpt.save_checkpoint(path, model, self.policy.tokenizer, state, weights=weights)
+        self.dist.barrier()
+
+    def train(self) -> TrainResult:
+        """Step to ``train.steps``; save the final checkpoint; report how it ended."""
+        t, dist, sinks = self.config.train, self.dist, self.sinks
+        status, note = "completed", ""
+        interrupt = _GracefulInterrupt(self.observer)
+        first_step = self.steps_done
+        try:
+            with interrupt.installed():
+                while self.steps_done < t.steps:
+                    try:
+                        self.step()
+                    except Converged as done:
+                        status, note = "converged", str(done)
+                        self.observer.message(note)
+                        break
+                    stop = dist.any(interrupt.requested)  # every rank stops at the same step
+                    every = self.config.output.save_every
+                    if stop or (
+                        every and self.steps_done % every == 0 and self.steps_done < t.steps
+                    ):
+                        self.save(ckpt.step_dir(self.out_dir, self.steps_done))
+                        if dist.main:
+                            ckpt.prune_checkpoints(
+                                self.out_dir, self.config.output.keep_checkpoints
+                            )
+                    if stop:
+                        status = "interrupted"
+                        break
+        except BaseException as exc:
+            sinks.mark(self.run_id, "failed" if not interrupt.requested else "interrupted")
+            if isinstance(exc, Exception) and self.steps_done > first_step:
+                self._rescue()
+            sinks.log.line(f"failed at step {self.steps_done}: {type(exc).__name__}: {exc}")
+            sinks.log.close()
+            raise
+        final_dir = None
+        if status in ("completed", "converged"):
+            final_dir = self.out_dir / ckpt.FINAL_NAME
+            self.save(final_dir)
+        sinks.mark(self.run_id, status)
+        sinks.close(
+            f"{status} after {self.steps_done} steps"
+            + (f"; final checkpoint {final_dir}" if final_dir else "")
+        )
+        if isinstance(self.sampler, VllmEngine):
+            dist.barrier()  # vLLM's shutdown also ends the launcher's process group
+            self.sampler.close()
+        dist.close()  # every rank leaves together (see Dist.close)
+        return TrainResult(
+            self.run_id, status, self.steps_done, final_dir, sinks.db_path, self.history,
+            interrupt.signum, note,
+        )  # fmt: skip
+
+    def _rescue(self) -> None:
+        """Something failed after this run trained: keep what it trained. Between steps, or
+        inside a step whose optimiser had not yet moved, the weights and optimiser are the
+        last good state: with the step's data position and random streams put back, it is
+        saved as this step's checkpoint (what ``--resume`` picks up). Otherwise (or under
+        several processes, where a save is a collective the failed rank cannot join) the
+        latest checkpoint is named."""
+        target = ckpt.step_dir(self.out_dir, self.steps_done)
+        latest = ckpt.latest_checkpoint(self.out_dir)
+        start = self.pending
+        intact = start is None or _optimizer_steps(self.optimizer) == start.optimizer_steps
+        command = resume_command(self.out_dir)
+        if not self.dist.active and intact:
+            if latest != target:
+                if start is not None:
+                    start.restore(self.stream, self.generator, self.rng)
+                try:
+                    self.save(target)
+                except Exception as exc:  # noqa: BLE001  (the original error is raised)
+                    self.observer.message(f"could not save the last good state ({exc})")
+                    return
+            self.observer.message(
+                f"saved the last good state (step {self.steps_done}) to {target}; "
+                f"continue: {command}"
+            )
+        elif latest is not None:
+            self.observer.message(
+                f"the failed step had started to update the weights; the latest checkpoint "
+                f"is {latest}; continue from it: {command}"
+            )
 
 
 def _check_sandbox(config: Config, samples: list[dict[str, Any]], observer) -> None:
@@ -416,36 +546,6 @@ def _check_sandbox(config: Config, samples: list[dict[str, Any]], observer) -> N
     if status is not None:
         warning = "WARNING: " if not status.startswith("bubblewrap") else ""
         observer.message(f"{warning}sandbox for code rewards: {status}")
-
-
-def _rescue(step, start, save, stream, generator, rng, optimizer, out_dir, dist, observer):
-    """Something failed after this run trained: keep what it trained. Between steps
-    (``start`` None), or inside a step whose optimiser had not yet moved, the weights and
-    optimiser are the last good state: with the step's data position and random streams put
-    back, it is saved as step ``step``'s checkpoint (what ``--resume`` picks up). Otherwise
-    (or under several processes, where a save is a collective the failed rank cannot join)
-    the latest checkpoint is named."""
-    target = ckpt.step_dir(out_dir, step)
-    latest = ckpt.latest_checkpoint(out_dir)
-    intact = start is None or _optimizer_steps(optimizer) == start.optimizer_steps
-    if not dist.active and intact:
-        if latest != target:
-            if start is not None:
-                start.restore(stream, generator, rng)
-            try:
-                save(target)
-            except Exception as exc:  # noqa: BLE001  (the original error is the one to raise)
-                observer.message(f"could not save the last good state ({exc})")
-                return
-        observer.message(
-            f"saved the last good state (step {step}) to {target}; continue: "
-            f"{resume_command(out_dir)}"
-        )
-    elif latest is not None:
-        observer.message(
-            f"the failed step had started to update the weights; the latest checkpoint is "
-            f"{latest}; continue from it: {resume_command(out_dir)}"
-        )
 
 
 def _save_config(config: Config, out_dir: Path) -> None:
