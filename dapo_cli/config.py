@@ -196,6 +196,49 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# ------------------------------------------ the other commands' settings, each defined once
+
+
+@dataclass
+class SftSettings:
+    """``dapo sft``: supervised fine-tuning on prompt → reference answer."""
+
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+
+    def check(self) -> SftSettings:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise DapoError("--steps and --batch-size must be at least 1 and --lr > 0")
+        return self
+
+
+@dataclass
+class EvalSettings:
+    """``dapo eval`` and the quickstart's evaluation: which prompts, how they are sampled."""
+
+    split: str = "test"
+    k: int = 8  # samples per prompt (avg@k, pass@k)
+    temperature: float = 1.0
+    top_p: float = 0.7
+    greedy: bool = False  # one greedy answer per prompt instead of k samples
+    max_new_tokens: int = 64
+    seed: int = 0
+    limit: int = 0  # at most this many prompts (0 = all)
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return 1 if self.greedy else self.k
+
+    def check(self) -> EvalSettings:
+        if self.k < 1:
+            raise DapoError(f"--k must be at least 1, got {self.k}")
+        if self.max_new_tokens < 1 or not 0 < self.top_p <= 1 or self.temperature <= 0:
+            raise DapoError("--max-new-tokens must be >= 1, --top-p in (0, 1], --temperature > 0")
+        return self
+
+
 SECTION_HELP = {
     "model": "Which model to train and where it runs.",
     "data": "Where the training samples come from.",

@@ -4,16 +4,23 @@ same batched sampler the trainer uses."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from dapo_cli.policy import Policy
+from dapo_cli.config import EvalSettings
+from dapo_cli.paths import resolve_db_path
+from dapo_cli.policy import Policy, load_policy
 from dapo_cli.rewards import score_batch
 from dapo_cli.rollout import Sampling, TorchSampler
+from dapo_cli.runlog import RunLog, log_path, metrics_text
+from dapo_cli.store import Store
 from dapo_cli.tasks.base import extract_answer
 
 
@@ -30,21 +37,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def generate_and_score(
     policy: Policy,
     samples: list[dict[str, Any]],
+    settings: EvalSettings,
     *,
-    k: int = 8,
-    temperature: float = 1.0,
-    top_p: float = 0.7,
-    top_k: int = 0,
-    greedy: bool = False,
-    max_new_tokens: int = 64,
-    seed: int = 0,
     batch_prompts: int = 32,
     on_progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """k completions per sample (1 when greedy), scored. One dict per completion."""
-    n = 1 if greedy else k
-    generator = torch.Generator(device=policy.device).manual_seed(seed)
-    sampling = Sampling(max_new_tokens, temperature, top_p, top_k, greedy)
+    n = settings.samples_per_prompt
+    generator = torch.Generator(device=policy.device).manual_seed(settings.seed)
+    sampling = Sampling(
+        settings.max_new_tokens, settings.temperature, settings.top_p, greedy=settings.greedy
+    )
     rows: list[dict[str, Any]] = []
     for start in range(0, len(samples), batch_prompts):
         chunk = samples[start : start + batch_prompts]
@@ -90,3 +93,57 @@ def summarize(rows: list[dict[str, Any]], k: int) -> dict[str, dict[str, float]]
             "truncation_rate": sum(map(float, (r["truncated"] for r in group))) / len(group),
         }
     return out
+
+
+def evaluate_models(
+    models: list[str],
+    samples: list[dict[str, Any]],
+    settings: EvalSettings,
+    *,
+    db_path: str | os.PathLike | None = None,
+    data: str = "",
+    on_model: Callable[[str], Callable[[int], None] | None] = lambda name: None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``dapo eval`` as one call: every model (loaded first, so a bad path fails before any
+    work) on the same ``samples`` with the same seed, each a recorded run (the store's
+    ``eval`` run with its summary, and a plain-text log beside the store). ``on_model(name)``
+    is told each model as it starts and may return a progress callback (prompts done).
+    Returns (the recorded settings, one result per model: model, run_id, summary, samples)."""
+    n = settings.samples_per_prompt
+    recorded = {
+        "k": n, "temperature": settings.temperature, "top_p": settings.top_p,
+        "greedy": settings.greedy, "max_new_tokens": settings.max_new_tokens,
+        "seed": settings.seed, "split": settings.split, "data": data,
+        "data_hash": data_hash(samples), "prompts": len(samples),
+    }  # fmt: skip
+    policies = [(name, load_policy(name)) for name in models]
+    store = Store(resolve_db_path(db_path))
+    results: list[dict[str, Any]] = []
+    for name, policy in policies:
+        on_progress = on_model(name)
+        run_id = store.start_run("eval", recorded, name)
+        log = RunLog()
+        log.open(log_path(store.path, "eval", run_id))
+        log.line(f"eval of {name}: {json.dumps(recorded)}")
+        try:
+            rows = generate_and_score(policy, samples, settings, on_progress=on_progress)
+        except BaseException as exc:
+            store.finish_run(run_id, "failed")
+            log.line(f"failed: {type(exc).__name__}: {exc}")
+            log.close()
+            raise
+        summary = summarize(rows, n)
+        store.log_metrics(
+            run_id, 0, {f"{t}/{m}": v for t, ms in summary.items() for m, v in ms.items()}
+        )
+        store.finish_run(run_id, "completed")
+        for task_type, metrics in summary.items():
+            log.line(f"{task_type} {metrics_text(metrics)}")
+        log.close()
+        results.append({"model": name, "run_id": run_id, "summary": summary, "samples": rows})
+    return recorded, results
+
+
+def data_hash(samples: list[dict[str, Any]]) -> str:
+    """Which prompts were evaluated, in a few characters (recorded with each eval run)."""
+    return hashlib.sha256("\n".join(s["id"] for s in samples).encode()).hexdigest()[:16]

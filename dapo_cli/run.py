@@ -27,10 +27,10 @@ from dapo_cli.models import count_parameters, embedded_base, models_root
 from dapo_cli.observer import TrainObserver
 from dapo_cli.paths import resolve_db_path
 from dapo_cli.policy import Policy, load_policy
-from dapo_cli.records import read_records
 from dapo_cli.rewards import require_sandbox_for
 from dapo_cli.rollout import Sampler, TorchSampler
 from dapo_cli.runlog import LoggedObserver, RunLog, log_path
+from dapo_cli.samples import load_samples as samples_from
 from dapo_cli.scale import checkpoint as ckpt
 from dapo_cli.scale.distributed import Dist, from_env
 from dapo_cli.scale.sharding import (
@@ -66,27 +66,17 @@ class TrainResult:
 
 
 def load_samples(config: Config, observer: TrainObserver) -> list[dict[str, Any]]:
-    """The training split from the store, a file, or (neither given) freshly generated."""
+    """The training split from a file or the store (``samples.load_samples``), or (neither
+    given) freshly generated puzzles."""
     d = config.data
-    if d.db_path:
-        samples = Store(d.db_path, create=False).samples(
-            split=d.split, task_types=d.task_types or None
+    if d.path or d.db_path:
+        samples, where = samples_from(
+            d.path or None, d.db_path or None, split=d.split, task_types=d.task_types or None
         )
-        where = f"{d.db_path} (split {d.split})"
-    elif d.path:
-        samples = [r for r in read_records(d.path) if r["split"] == d.split]
-        where = f"{d.path} (split {d.split})"
     else:
-        samples = [
-            r
-            for r in generate_dataset(**DEFAULT_DATA, seed=config.train.seed)
-            if r["split"] == "train"
-        ]
+        generated = generate_dataset(**DEFAULT_DATA, seed=config.train.seed)
+        samples = [r for r in generated if r["split"] == "train"]
         where = "generated number puzzles (no --data given)"
-    if d.task_types:
-        samples = [s for s in samples if s["task_type"] in d.task_types]
-    if not samples:
-        raise DapoError(f"no training samples in {where}; check the split and task types")
     observer.message(f"data: {len(samples)} samples from {where}")
     return samples
 

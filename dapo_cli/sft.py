@@ -6,18 +6,25 @@ to work with, so the embedded default is warm-started this way before DAPO.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from dapo_cli.policy import Policy
+from dapo_cli.config import SftSettings
+from dapo_cli.paths import resolve_db_path
+from dapo_cli.policy import Policy, load_policy
 from dapo_cli.rollout import position_ids_from_mask
+from dapo_cli.runlog import RunLog, log_path
+from dapo_cli.scale.checkpoint import save_checkpoint
 from dapo_cli.scale.distributed import SINGLE
 from dapo_cli.scale.sharding import compute_context, prepare_trained, sync_weights
+from dapo_cli.store import Store
 from dapo_cli.tasks import TASKS
 
 
@@ -69,11 +76,11 @@ def supervised_warm_start(
     policy: Policy,
     samples: list[dict[str, Any]],
     *,
-    steps: int = 300,
-    batch_size: int = 32,
-    lr: float = 3e-3,
+    steps: int = SftSettings.steps,
+    batch_size: int = SftSettings.batch_size,
+    lr: float = SftSettings.lr,
     warmup: int = 20,
-    seed: int = 0,
+    seed: int = SftSettings.seed,
     max_seconds: float | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
@@ -126,3 +133,54 @@ def supervised_warm_start(
         "loss_final": sum(tail) / len(tail),
         "seconds": time.perf_counter() - start,
     }
+
+
+def run_sft(
+    samples: list[dict[str, Any]],
+    model: str | None,
+    output: str | os.PathLike,
+    settings: SftSettings,
+    *,
+    db_path: str | os.PathLike | None = None,
+    data: str = "",
+    on_step: Callable[[int, float], None] | None = None,
+    on_message: Callable[[str], None] = lambda text: None,
+) -> dict[str, float]:
+    """``dapo sft`` as one call: ``model`` (None: the embedded tiny model) trained on
+    ``samples`` as a recorded run (the store's ``sft`` run with its loss every 10 steps, and
+    a plain-text log beside the store), then saved to ``output``. Returns the summary."""
+    settings.check()
+    torch.manual_seed(settings.seed)
+    policy = load_policy(model)
+    store = Store(resolve_db_path(db_path))
+    recorded = {**asdict(settings), "data": data}
+    run_id = store.start_run("sft", recorded, model or "embedded")
+    log = RunLog()
+    on_message(f"log: {log.open(log_path(store.path, 'sft', run_id))}")
+    log.line(f"sft of {model or 'embedded'} on {len(samples)} samples: {recorded}")
+
+    def step_done(step: int, loss: float) -> None:
+        if on_step is not None:
+            on_step(step, loss)
+        if step % 10 == 0 or step == settings.steps:
+            store.log_metrics(run_id, step, {"loss": loss})
+            log.line(f"sft step {step}/{settings.steps} loss={loss:.6g}")
+
+    try:
+        summary = supervised_warm_start(
+            policy, samples, steps=settings.steps, batch_size=settings.batch_size,
+            lr=settings.lr, seed=settings.seed, on_step=step_done,
+        )  # fmt: skip
+    except BaseException as exc:
+        store.finish_run(run_id, "failed")
+        log.line(f"failed: {type(exc).__name__}: {exc}")
+        log.close()
+        raise
+    save_checkpoint(output, policy.model, policy.tokenizer)
+    store.finish_run(run_id, "completed")
+    log.line(
+        f"sft: loss {summary['loss_final']:.3f} after {int(summary['steps'])} steps "
+        f"({summary['seconds']:.0f} s); saved to {output}"
+    )
+    log.close()
+    return summary

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,44 +12,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dapo_cli.cli.common import console, err_console, parse_csv_option, print_whole, user_errors
-from dapo_cli.errors import DapoError
+from dapo_cli.config import EvalSettings
 from dapo_cli.records import atomic_file
+from dapo_cli.samples import load_samples
 
 app = typer.Typer()
+DEFAULTS = EvalSettings()
 
 EXAMPLE = (
     "Example: dapo eval --model models/embedded/tiny-1m-warm-... "
     "--model models/checkpoints/dapo_final --data data/dataset.jsonl --k 8"
 )
-
-
-def load_eval_samples(
-    data: Path | None, db_path: Path | None, split: str, task_types: list[str] | None, limit: int
-) -> list[dict[str, Any]]:
-    """The ``split`` of a file or of the store, filtered by task type and limited."""
-    from dapo_cli.records import read_records
-    from dapo_cli.store import Store
-
-    if data is not None:
-        records = read_records(data)
-        where = str(data)
-        samples = [r for r in records if r["split"] == split]
-    elif db_path is not None:
-        samples = Store(db_path, create=False).samples(split=split)
-        where = str(db_path)
-    else:
-        raise DapoError("give the samples: --data FILE or --db-path DB")
-    if not samples:
-        raise DapoError(f"{where} has no samples in split {split!r}")
-    if task_types:
-        samples = [s for s in samples if s["task_type"] in task_types]
-        if not samples:
-            raise DapoError(f"{where}: no {split} samples of task type(s) {', '.join(task_types)}")
-    return samples[:limit] if limit else samples
-
-
-def data_hash(samples: list[dict[str, Any]]) -> str:
-    return hashlib.sha256("\n".join(s["id"] for s in samples).encode()).hexdigest()[:16]
 
 
 @app.command("eval", epilog=EXAMPLE)
@@ -64,18 +36,28 @@ def eval_(
     db_path: Annotated[
         Path | None, typer.Option(help="SQLite store: samples (without --data) and results.")
     ] = None,
-    split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
-    k: Annotated[int, typer.Option(help="Samples per prompt for avg@k and pass@k.")] = 8,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 0.7,
-    greedy: Annotated[bool, typer.Option("--greedy", help="One greedy answer per prompt.")] = False,
-    max_new_tokens: Annotated[int, typer.Option(help="Response length limit.")] = 64,
+    split: Annotated[str, typer.Option(help="Which split to evaluate.")] = DEFAULTS.split,
+    k: Annotated[int, typer.Option(help="Samples per prompt for avg@k and pass@k.")] = DEFAULTS.k,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature.")
+    ] = DEFAULTS.temperature,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = DEFAULTS.top_p,
+    greedy: Annotated[
+        bool, typer.Option("--greedy", help="One greedy answer per prompt.")
+    ] = DEFAULTS.greedy,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Response length limit.")
+    ] = DEFAULTS.max_new_tokens,
     task_types: Annotated[str | None, typer.Option(help="Comma-separated task types.")] = None,
-    limit: Annotated[int, typer.Option(help="Evaluate at most this many prompts (0 = all).")] = 0,
+    limit: Annotated[
+        int, typer.Option(help="Evaluate at most this many prompts (0 = all).")
+    ] = DEFAULTS.limit,
     output: Annotated[
         Path | None, typer.Option(help="Write per-sample completions and scores as JSON.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed (the same for every model).")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Sampling seed (the same for every model).")
+    ] = DEFAULTS.seed,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print the summary as one JSON object on stdout, only that."),
@@ -86,13 +68,46 @@ def eval_(
 
     Several --model are evaluated on exactly the same prompts with the same seed and shown
     side by side with the difference. Results are stored in the SQLite store as eval runs,
-    each with a plain-text log beside the store (logs/eval-<run id>.log).
+    each with a plain-text log beside the store (logs/eval-RUN_ID.log).
     """
-    if k < 1:
-        raise DapoError(f"--k must be at least 1, got {k}")
-    if max_new_tokens < 1 or not 0 < top_p <= 1 or temperature <= 0:
-        raise DapoError("--max-new-tokens must be >= 1, --top-p in (0, 1], --temperature > 0")
-    samples = load_eval_samples(data, db_path, split, parse_csv_option(task_types), limit)
+    settings = EvalSettings(split, k, temperature, top_p, greedy, max_new_tokens, seed, limit)
+    evaluate_and_show(model, data, db_path, settings, parse_csv_option(task_types), output, as_json)
+
+
+def evaluate_and_show(
+    models: list[str],
+    data: Path | None,
+    db_path: Path | None,
+    settings: EvalSettings,
+    task_types: list[str] | None = None,
+    output: Path | None = None,
+    as_json: bool = False,
+) -> None:
+    """``dapo eval``'s work and output (also the quickstart's stage 4)."""
+    results = run_eval(models, data, db_path, settings, task_types, output, as_json)
+    if as_json:
+        return
+    n, prompts = settings.samples_per_prompt, prompts_of(results)
+    print_whole(comparison_table(results, n, settings.split, prompts))
+    if output is not None:
+        console.print(f"per-sample results: {output}")
+
+
+def run_eval(
+    models: list[str],
+    data: Path | None,
+    db_path: Path | None,
+    settings: EvalSettings,
+    task_types: list[str] | None = None,
+    output: Path | None = None,
+    as_json: bool = False,
+) -> list[dict[str, Any]]:
+    """Load the samples, evaluate every model with a progress bar (on stderr with --json),
+    write the per-sample JSON and, with ``as_json``, print the summary; returns the results."""
+    settings.check()
+    samples, _ = load_samples(
+        data, db_path, split=settings.split, task_types=task_types, limit=settings.limit
+    )
     from dapo_cli.rewards import require_sandbox_for
 
     isolation = require_sandbox_for({s["task_type"] for s in samples})
@@ -100,60 +115,33 @@ def eval_(
         err_console.print(f"[yellow]WARNING: sandbox for code rewards: {isolation}")
 
     from dapo_cli.cli.train import quiet_transformers
-    from dapo_cli.evaluate import generate_and_score, summarize
-    from dapo_cli.paths import resolve_db_path
-    from dapo_cli.policy import load_policy
-    from dapo_cli.runlog import RunLog, log_path, metrics_text
-    from dapo_cli.store import Store
+    from dapo_cli.evaluate import evaluate_models
 
     quiet_transformers()
-    n = 1 if greedy else k
-    settings = {"k": n, "temperature": temperature, "top_p": top_p, "greedy": greedy,
-                "max_new_tokens": max_new_tokens, "seed": seed, "split": split,
-                "data": str(data or db_path), "data_hash": data_hash(samples),
-                "prompts": len(samples)}  # fmt: skip
-    policies = [(name, load_policy(name)) for name in model]  # fail early on a bad path
-    store = Store(resolve_db_path(db_path))
-    results: list[dict[str, Any]] = []
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=err_console if as_json else console, transient=True,
     ) as progress:  # fmt: skip
-        for name, policy in policies:
+
+        def on_model(name: str):
             bar = progress.add_task(f"eval {Path(name).name}", total=len(samples))
-            run_id = store.start_run("eval", settings, name)
-            log = RunLog()
-            log.open(log_path(store.path, "eval", run_id))
-            log.line(f"eval of {name}: {json.dumps(settings)}")
-            try:
-                rows = generate_and_score(
-                    policy, samples, k=n, temperature=temperature, top_p=top_p,
-                    greedy=greedy, max_new_tokens=max_new_tokens, seed=seed,
-                    on_progress=lambda m, bar=bar: progress.advance(bar, m),
-                )  # fmt: skip
-            except BaseException as exc:
-                store.finish_run(run_id, "failed")
-                log.line(f"failed: {type(exc).__name__}: {exc}")
-                raise
-            summary = summarize(rows, n)
-            store.log_metrics(
-                run_id, 0,
-                {f"{t}/{m}": v for t, ms in summary.items() for m, v in ms.items()},
-            )  # fmt: skip
-            store.finish_run(run_id, "completed")
-            for task_type, metrics in summary.items():
-                log.line(f"{task_type} {metrics_text(metrics)}")
-            log.close()
-            results.append({"model": name, "run_id": run_id, "summary": summary, "samples": rows})
+            return lambda m: progress.advance(bar, m)
+
+        recorded, results = evaluate_models(
+            models, samples, settings, db_path=db_path, data=str(data or db_path),
+            on_model=on_model,
+        )  # fmt: skip
     if output is not None:
-        _write_json(output, {"settings": settings, "models": results})
+        _write_json(output, {"settings": recorded, "models": results})
     if as_json:
         brief = [{k: v for k, v in r.items() if k != "samples"} for r in results]
-        typer.echo(json.dumps({"settings": settings, "models": brief}, ensure_ascii=False))
-        return
-    print_whole(comparison_table(results, n, split, len(samples)))
-    if output is not None:
-        console.print(f"per-sample results: {output}")
+        typer.echo(json.dumps({"settings": recorded, "models": brief}, ensure_ascii=False))
+    return results
+
+
+def prompts_of(results: list[dict[str, Any]]) -> int:
+    """How many prompts were evaluated."""
+    return int(results[0]["summary"]["all"]["prompts"])
 
 
 def comparison_table(results: list[dict[str, Any]], n: int, split: str, prompts: int) -> Table:

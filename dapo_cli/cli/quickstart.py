@@ -17,28 +17,21 @@ from rich.rule import Rule
 from rich.table import Table
 
 from dapo_cli.cli.common import console, print_whole, user_errors
+from dapo_cli.config import EvalSettings
 from dapo_cli.errors import DapoError
 
 app = typer.Typer()
+EVAL = EvalSettings()
 
 EXAMPLE = "Example: dapo quickstart --workdir runs/first"
 
-# The defaults are the measured quickstart in the README (2-core CPU, tiny-1m).
+# The data; the training and warm-start settings are the preset templates/quickstart.yaml,
+# measured on a 2-core CPU with tiny-1m (docs/experiments.md).
 DEFAULT_TASK_TYPES = "puzzle"
 DEFAULT_DIFFICULTY = "mixed"
 DEFAULT_SAMPLES = 12000
-DEFAULT_SFT_STEPS = 800
-DEFAULT_SFT_BATCH = 64  # of the warm starts measured, the largest that fits the 10 minutes
-DEFAULT_RL_STEPS = 200
-DEFAULT_TRAIN_SETTINGS = (
-    "rollout.max_new_tokens=64",
-    "algorithm.overlong_cache_len=8",
-    "train.train_batch_size=16",
-    "train.gen_batch_size=32",
-    "train.mini_batch_size=16",
-    "train.lr=2e-4",
-    "output.save_every=0",
-)
+DEFAULT_EVAL_PROMPTS = 256
+PRESET = "quickstart.yaml"
 
 
 def _stage(number: int, name: str, argv: list[str]) -> float:
@@ -62,31 +55,45 @@ def quickstart(
     num_samples: Annotated[int, typer.Option(help="Samples generated (train + test).")] = (
         DEFAULT_SAMPLES
     ),
-    sft_steps: Annotated[int, typer.Option(help="Supervised warm-start steps.")] = (
-        DEFAULT_SFT_STEPS
-    ),
-    sft_batch_size: Annotated[int, typer.Option(help="Samples per supervised step.")] = (
-        DEFAULT_SFT_BATCH
-    ),
-    steps: Annotated[int, typer.Option(help="DAPO rollout steps.")] = DEFAULT_RL_STEPS,
-    eval_prompts: Annotated[int, typer.Option(help="Held-out prompts evaluated.")] = 256,
-    k: Annotated[int, typer.Option(help="Samples per prompt for avg@k / pass@k.")] = 8,
+    sft_steps: Annotated[
+        int | None, typer.Option(help="Supervised warm-start steps [default: the preset's].")
+    ] = None,
+    sft_batch_size: Annotated[
+        int | None, typer.Option(help="Samples per supervised step [default: the preset's].")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="DAPO rollout steps [default: the preset's].")
+    ] = None,
+    eval_prompts: Annotated[
+        int, typer.Option(help="Held-out prompts evaluated.")
+    ] = DEFAULT_EVAL_PROMPTS,
+    k: Annotated[int, typer.Option(help="Samples per prompt for avg@k / pass@k.")] = EVAL.k,
     seed: Annotated[int, typer.Option(help="Seed for data, training and evaluation.")] = 0,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Extra `dapo train` config overrides, section.key=value."),
+        typer.Option(
+            "--set", help="`dapo train` config overrides over the preset, section.key=value."
+        ),
     ] = None,
 ) -> None:
     """Run the whole pipeline on the embedded tiny model, offline: generate data, store it,
     warm-start with supervised learning, train with DAPO, and evaluate the warm start against
-    the final model on held-out prompts (avg@k at temperature 1.0, top-p 0.7).
+    the final model on held-out prompts (avg@k at temperature 1.0, top-p 0.7). The training
+    and warm-start settings are the preset templates/quickstart.yaml.
 
     Every stage prints the `dapo` command that does the same thing on its own.
     """
     from dapo_cli.cli import data, db, train
     from dapo_cli.cli import eval as eval_cmd
+    from dapo_cli.config import SftSettings, load_config
+    from dapo_cli.paths import templates_dir
     from dapo_cli.store import Store
 
+    preset = templates_dir() / PRESET
+    cfg = load_config(preset, set_)  # the preset, as `dapo train` will read it
+    sft_steps = sft_steps if sft_steps is not None else cfg.warm_start.steps
+    sft_batch_size = sft_batch_size if sft_batch_size is not None else cfg.warm_start.batch_size
+    steps = steps if steps is not None else cfg.train.steps
     if min(num_samples, sft_steps, sft_batch_size, steps, eval_prompts, k) < 1:
         raise DapoError(
             "--num-samples, --sft-steps, --sft-batch-size, --steps, --eval-prompts and --k "
@@ -99,7 +106,7 @@ def quickstart(
     out_dir = workdir / "models" / "checkpoints"
     final = out_dir / "dapo_final"
     results = workdir / "data" / "eval.json"
-    overrides = [*DEFAULT_TRAIN_SETTINGS, *(set_ or [])]
+    overrides = list(set_ or [])
     times: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -118,31 +125,31 @@ def quickstart(
                 "--batch-size", str(sft_batch_size), "--seed", str(seed), "--output", str(warm),
                 "--db-path", str(db_path)]  # fmt: skip
     t = _stage(2, "warm start", sft_argv)
-    train.sft(data=dataset, model=None, output=warm, steps=sft_steps, batch_size=sft_batch_size,
-              lr=3e-3, seed=seed, db_path=db_path)  # fmt: skip
+    sft = SftSettings(sft_steps, sft_batch_size, cfg.warm_start.lr, seed)
+    train.run_sft_command(dataset, None, warm, sft, db_path)
     times["warm start"] = time.perf_counter() - t
 
-    argv = ["dapo", "train", "--model", str(warm), "--db-path", str(db_path), "--steps",
-            str(steps), "--seed", str(seed), "--output-dir", str(out_dir)]  # fmt: skip
+    argv = ["dapo", "train", "--config", str(preset), "--model", str(warm), "--db-path",
+            str(db_path), "--steps", str(steps), "--seed", str(seed), "--output-dir",
+            str(out_dir)]  # fmt: skip
     t = _stage(3, "DAPO", argv + [a for o in overrides for a in ("--set", o)])
-    train.train(config=None, model=str(warm), data=None, db_path=db_path, steps=steps,
-                group_size=None, lr=None, seed=seed, output_dir=out_dir, set_=overrides,
-                resume=False)  # fmt: skip
+    flags = {"model.name": warm, "data.db_path": db_path, "output.db_path": db_path,
+             "train.steps": steps, "train.seed": seed, "output.output_dir": out_dir}  # fmt: skip
+    train.run_train_command(preset, [*overrides, *(f"{k}={v}" for k, v in flags.items())])
     times["DAPO"] = time.perf_counter() - t
 
     t = _stage(4, "evaluation", ["dapo", "eval", "--model", str(warm), "--model", str(final),
                                  "--db-path", str(db_path), "--k", str(k), "--limit",
                                  str(eval_prompts), "--output", str(results)])  # fmt: skip
-    eval_cmd.eval_(model=[str(warm), str(final)], data=None, db_path=db_path, split="test", k=k,
-                   temperature=1.0, top_p=0.7, greedy=False, max_new_tokens=64, task_types=None,
-                   limit=eval_prompts, output=results, seed=seed, as_json=False)  # fmt: skip
+    evaluation = EvalSettings(k=k, seed=seed, limit=eval_prompts)
+    eval_cmd.evaluate_and_show([str(warm), str(final)], None, db_path, evaluation, None, results)
     times["evaluation"] = time.perf_counter() - t
     total = time.perf_counter() - started
 
     console.print(Rule("[bold]5/5 summary", align="left"))
     with Store(db_path, create=False) as store:
         before, after = (_eval_metrics(store, run) for run in store.runs("eval")[-2:])
-    print_whole(summary_table(before, after, k))
+    print_whole(summary_table(before, after, evaluation))
     console.print(
         "time: " + ", ".join(f"{name} {sec:.0f} s" for name, sec in times.items())
         + f"; total {total / 60:.1f} min"
@@ -160,9 +167,13 @@ def _eval_metrics(store: Any, run: dict[str, Any]) -> dict[str, float]:
     return {m["name"]: m["value"] for m in store.metrics(run["id"])}
 
 
-def summary_table(before: dict[str, float], after: dict[str, float], k: int) -> Table:
+def summary_table(before: dict[str, float], after: dict[str, float], settings) -> Table:
     """Held-out avg@k and pass@k per task type: warm start, DAPO, difference."""
-    table = Table(title=f"held-out accuracy, warm start → DAPO (temperature 1.0, top-p 0.7, k={k})")
+    k = settings.samples_per_prompt
+    table = Table(
+        title=f"held-out accuracy, warm start → DAPO (temperature {settings.temperature}, "
+        f"top-p {settings.top_p}, k={k})"
+    )
     table.add_column("task type")
     for col in (f"avg@{k} before", f"avg@{k} after", "Δ", f"pass@{k} before", f"pass@{k} after"):
         table.add_column(col, justify="right")

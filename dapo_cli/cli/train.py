@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dapo_cli.cli.common import console, print_whole, user_errors
-from dapo_cli.config import load_config
+from dapo_cli.config import SftSettings, load_config
 from dapo_cli.observer import TrainObserver
 
 app = typer.Typer()
@@ -126,11 +126,6 @@ def train(
     after training began saves the last good state first. When the model has learned the
     data (dynamic sampling finds no group with signal), the run stops early as converged.
     """
-    from dapo_cli.run import (
-        resume_command,
-        run_training,
-    )  # torch and transformers load only when training
-
     overrides = list(set_ or [])
     flags = {
         "model.name": model, "data.path": data, "train.steps": steps,
@@ -140,6 +135,13 @@ def train(
     if db_path is not None and data is None:
         flags["data.db_path"] = db_path
     overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
+    run_train_command(config, overrides, resume)
+
+
+def run_train_command(config: Path | None, overrides: list[str], resume: bool = False) -> None:
+    """``dapo train``'s work and output (also the quickstart's stage 3)."""
+    from dapo_cli.run import resume_command, run_training  # torch loads only when training
+
     cfg = load_config(config, overrides)
     quiet_transformers()
     with _progress() as progress:
@@ -178,6 +180,7 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+SFT = SftSettings()
 SFT_EXAMPLE = "Example: dapo sft --data data/dataset.jsonl --steps 400 --output models/sft"
 
 
@@ -190,66 +193,38 @@ def sft(
         typer.Option(help="HF model id or local path; default: the embedded tiny model."),
     ] = None,
     output: Annotated[Path, typer.Option(help="Where to save the model.")] = Path("models/sft"),
-    steps: Annotated[int, typer.Option(help="Supervised steps.")] = 400,
-    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    steps: Annotated[int, typer.Option(help="Supervised steps.")] = SFT.steps,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = SFT.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = SFT.lr,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = SFT.seed,
     db_path: Annotated[Path | None, typer.Option(help="SQLite store for the run's loss.")] = None,
 ) -> None:
     """Supervised fine-tuning on prompt → reference answer (loss on the answer tokens): the
     warm start that teaches a model the answer format before RL. Works on any causal LM."""
-    import torch
+    run_sft_command(data, model, output, SftSettings(steps, batch_size, lr, seed), db_path)
 
-    from dapo_cli.paths import resolve_db_path
-    from dapo_cli.policy import load_policy
-    from dapo_cli.records import read_records
-    from dapo_cli.runlog import RunLog, log_path
-    from dapo_cli.scale import checkpoint
-    from dapo_cli.sft import supervised_warm_start
-    from dapo_cli.store import Store
 
-    if steps < 1 or batch_size < 1 or lr <= 0:
-        from dapo_cli.errors import DapoError
+def run_sft_command(
+    data: Path, model: str | None, output: Path, settings: SftSettings, db_path: Path | None
+) -> None:
+    """``dapo sft`` with a progress bar, its outcome in one line (the quickstart's stage 2)."""
+    from dapo_cli.samples import load_samples
+    from dapo_cli.sft import run_sft
 
-        raise DapoError("--steps and --batch-size must be at least 1 and --lr > 0")
-    samples = [r for r in read_records(data) if r["split"] == "train"]
-    if not samples:
-        from dapo_cli.errors import DapoError
-
-        raise DapoError(f"{data}: no samples in the train split")
+    settings.check()
+    samples, _ = load_samples(data, split="train")
     quiet_transformers()
-    torch.manual_seed(seed)
-    policy = load_policy(model)
-    store = Store(resolve_db_path(db_path))
-    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": str(data)}
-    run_id = store.start_run("sft", settings, model or "embedded")
-    log = RunLog()
-    console.print(f"[dim]log: {log.open(log_path(store.path, 'sft', run_id))}", highlight=False)
-    log.line(f"sft of {model or 'embedded'} on {len(samples)} samples: {settings}")
     with _progress() as progress:
-        bar = progress.add_task("sft", total=steps, info="")
-
-        def on_step(step: int, loss: float) -> None:
-            progress.update(bar, completed=step, info=f"loss {loss:.3f}")
-            if step % 10 == 0 or step == steps:
-                store.log_metrics(run_id, step, {"loss": loss})
-                log.line(f"sft step {step}/{steps} loss={loss:.6g}")
-
-        try:
-            summary = supervised_warm_start(
-                policy, samples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                on_step=on_step,
-            )  # fmt: skip
-        except BaseException as exc:
-            store.finish_run(run_id, "failed")
-            log.line(f"failed: {type(exc).__name__}: {exc}")
-            raise
-    checkpoint.save_checkpoint(output, policy.model, policy.tokenizer)
-    store.finish_run(run_id, "completed")
+        bar = progress.add_task("sft", total=settings.steps, info="")
+        summary = run_sft(
+            samples, model, output, settings, db_path=db_path, data=str(data),
+            on_step=lambda step, loss: progress.update(
+                bar, completed=step, info=f"loss {loss:.3f}"
+            ),
+            on_message=lambda text: console.print(f"[dim]{text}", highlight=False),
+        )  # fmt: skip
     done = (
         f"sft: loss {summary['loss_final']:.3f} after {int(summary['steps'])} steps "
         f"({summary['seconds']:.0f} s); saved to {output}"
     )
-    log.line(done)
-    log.close()
     console.print(done)

@@ -1,0 +1,40 @@
+"""Where samples come from: a samples file or the SQLite store, one split, optionally some
+task types. Training, SFT and eval all load through ``load_samples``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dapo_cli.errors import DapoError
+from dapo_cli.records import read_records
+from dapo_cli.store import Store
+
+
+def load_samples(
+    path: str | os.PathLike | None = None,
+    db_path: str | os.PathLike | None = None,
+    *,
+    split: str,
+    task_types: list[str] | None = None,
+    limit: int = 0,
+) -> tuple[list[dict[str, Any]], str]:
+    """The ``split`` of the file at ``path``, else of the store at ``db_path`` (a file given
+    explicitly wins: the store may be only where results go), filtered by task type and cut
+    to the first ``limit`` (0: all). Returns (samples, where they came from); none left is
+    one clear error."""
+    if path is not None:
+        samples = [r for r in read_records(path) if r["split"] == split]
+        where = str(path)
+    elif db_path is not None:
+        samples = Store(db_path, create=False).samples(split=split)
+        where = str(db_path)
+    else:
+        raise DapoError("give the samples: --data FILE or --db-path DB")
+    if not samples:
+        raise DapoError(f"{where} has no samples in split {split!r}")
+    if task_types:
+        samples = [s for s in samples if s["task_type"] in task_types]
+        if not samples:
+            raise DapoError(f"{where}: no {split} samples of task type(s) {', '.join(task_types)}")
+    return (samples[:limit] if limit else samples), f"{where} (split {split})"
