@@ -11,7 +11,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from dapo_cli.chat import (
-    ChatRepl,
     ChatSession,
     ChatSettings,
     Exchange,
@@ -19,6 +18,7 @@ from dapo_cli.chat import (
     plain_transcript,
 )
 from dapo_cli.cli.app import app
+from dapo_cli.cli.chat_repl import ChatRepl
 from dapo_cli.errors import DapoError
 from dapo_cli.store import Store
 
@@ -104,10 +104,10 @@ def test_db_export_round_trips_the_interactions(tmp_path):
     ("args", "message"),
     [
         (["--model", "/no/such/model"], "does not exist"),
-        (["--temperature", "-1"], "--temperature must be >= 0"),
-        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
-        (["--seed", "-2"], "--seed must be >= 0"),
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--max-new-tokens", "0"], "max_new_tokens must be at least 1"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--seed", "-2"], "seed must be >= 0"),
         (["--max-new-tokens", "1024"], "leaves no room for the prompt"),
         (["--context-window", "1"], "--context-window must be at least 2"),
         (["--prompt", " "], "--prompt is empty"),

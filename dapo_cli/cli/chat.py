@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from dapo_cli.chat import ChatRepl, ChatSession, ChatSettings, default_reader, printable
+from dapo_cli.chat import ChatSession, ChatSettings, printable
+from dapo_cli.cli.chat_repl import ChatRepl, default_reader
 from dapo_cli.cli.common import console, err_console, fail, is_interactive, user_errors
 from dapo_cli.errors import DapoError
 
