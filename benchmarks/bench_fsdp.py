@@ -12,8 +12,8 @@ filtering off; fp32 AdamW; gradient checkpointing on unless ``--no-checkpointing
 
 Run from the repository root::
 
-    python benchmarks/bench_fsdp.py                      # 0.5B-shaped, 2 processes (~6 min)
-    python benchmarks/bench_fsdp.py --model tiny-1m --quick   # smoke run
+    python -m benchmarks.bench_fsdp                      # 0.5B-shaped, 2 processes (~6 min)
+    python -m benchmarks.bench_fsdp --model tiny-1m --quick   # smoke run
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_scaling import DapoSteps, bench_config, build_qwen05b, rss_mib  # noqa: E402
+from benchmarks.common import DapoSteps, bench_config, build_qwen05b, rss_mib  # noqa: E402
 
 WORKER_FLAG = "--worker"
 
@@ -71,7 +69,8 @@ def worker(spec: dict[str, Any]) -> None:
 def run_mode(spec: dict[str, Any], processes: int) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           str(processes), __file__, WORKER_FLAG, json.dumps(spec)]  # fmt: skip
+           str(processes), "-m", "benchmarks.bench_fsdp", WORKER_FLAG,
+           json.dumps(spec)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{spec['mode']} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")

@@ -25,9 +25,9 @@ in ``bench_scaling.py --qwen05b``: a random model's text cannot earn a task rewa
 
 Run from the repository root on a machine with a GPU::
 
-    python benchmarks/bench_gpu.py                        # ~3 min on one H100
-    python benchmarks/bench_gpu.py --output gpu.json      # also all numbers as JSON
-    python benchmarks/bench_gpu.py --quick                # smoke run
+    python -m benchmarks.bench_gpu                        # ~3 min on one H100
+    python -m benchmarks.bench_gpu --output gpu.json      # also all numbers as JSON
+    python -m benchmarks.bench_gpu --quick                # smoke run
 """
 
 from __future__ import annotations
@@ -46,10 +46,15 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_rollout import count_generate_tokens, model_shape, prompts_for, rollout_flops  # noqa: E402
-from bench_scaling import DapoSteps, bench_config, build_qwen05b  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DapoSteps,
+    bench_config,
+    build_qwen05b,
+    count_generate_tokens,
+    model_shape,
+    prompts_for,
+    rollout_flops,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,8 +13,8 @@ Measures, on this machine:
 
 Run from the repository root::
 
-    python benchmarks/bench_rollout.py            # default settings (a few minutes on 2 cores)
-    python benchmarks/bench_rollout.py --quick    # smoke run (seconds)
+    python -m benchmarks.bench_rollout            # default settings (a few minutes on 2 cores)
+    python -m benchmarks.bench_rollout --quick    # smoke run (seconds)
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,15 @@ from typing import Any
 
 import torch
 
-from dapo_cli.datagen import generate_dataset
+from benchmarks.common import (
+    count_generate_tokens,
+    matmul_peak,
+    model_shape,
+    print_peak,
+    prompts_for,
+    rollout_flops,
+    rss_mib,
+)
 from dapo_cli.models import embedded_base
 from dapo_cli.policy import Policy, load_policy
 from dapo_cli.rollout import sample
@@ -80,41 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- 1. matmul peak --------------------------------------------------------------------
 
 
-def matmul_peak(sizes: list[int], repeats: int) -> dict[str, Any]:
-    """Median GFLOP/s of ``torch.mm`` (fp32) per size; the peak is the best median."""
-    per_size = {}
-    gen = torch.Generator().manual_seed(0)
-    for n in sizes:
-        a = torch.randn(n, n, generator=gen)
-        b = torch.randn(n, n, generator=gen)
-        torch.mm(a, b)  # warm-up
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            times.append(time.perf_counter() - t0)
-        per_size[n] = 2 * n**3 / statistics.median(times) / 1e9
-    return {"gflops_per_size": per_size, "peak_gflops": max(per_size.values())}
-
-
 # --- 2. rollouts -----------------------------------------------------------------------
-
-
-def prompts_for(n: int) -> list[str]:
-    records = generate_dataset(n, ["math"], seed=0, difficulty="medium", test_fraction=0.0)
-    return [r["prompt"] for r in records[:n]]
-
-
-def count_generate_tokens(new_ids: torch.Tensor, stop_ids: list[int]) -> int:
-    """Tokens generated per row up to and including the first stop id (the rest is pad)."""
-    is_stop = torch.isin(new_ids, torch.tensor(stop_ids, dtype=new_ids.dtype))  # (B, T)
-    t = new_ids.size(1)
-    first = torch.where(
-        is_stop.any(1),
-        is_stop.long().argmax(1) + 1,
-        torch.full_like(is_stop[:, 0], t, dtype=torch.long),
-    )
-    return int(first.sum())
 
 
 def run_ours(policy: Policy, ids, mask, stop_ids, max_new, seed) -> tuple[float, int, int]:
@@ -154,36 +126,6 @@ def run_generate(policy: Policy, ids, mask, stop_ids, max_new, seed) -> tuple[fl
         dt = time.perf_counter() - t0
     new_ids = out[:, ids.size(1) :]
     return dt, count_generate_tokens(new_ids, stop_ids), int(new_ids.size(1))
-
-
-def model_shape(model) -> dict[str, int]:
-    cfg = model.config
-    emb = model.get_input_embeddings().weight.numel()
-    total = sum(p.numel() for p in model.parameters())
-    return {
-        "params": total,
-        "non_embedding_params": total - emb,
-        "hidden": cfg.hidden_size,
-        "layers": cfg.num_hidden_layers,
-        "vocab": cfg.vocab_size,
-    }
-
-
-def rollout_flops(shape: dict[str, int], rows: int, prompt_len: float, gen: int) -> float:
-    """Rough forward FLOPs of a rollout of ``rows`` rows with mean real prompt length
-    ``prompt_len`` that generated ``gen`` tokens in all (mean g = gen / rows per row).
-
-    Per token processed (prompt and generated): 2 × (non-embedding params + LM head
-    hidden × vocab) for the matmuls. Attention (QKᵀ and AV): 2 × layers × hidden × context
-    per token, summed over the context each token sees: per row p²/2 (prefill) + g·p + g²/2
-    (decode). The prefill's LM head runs on the last position only, but its share is small
-    and is counted for every prompt token; padding and finished rows are not counted.
-    """
-    dense = 2 * (shape["non_embedding_params"] + shape["hidden"] * shape["vocab"])
-    g = gen / rows
-    tokens = rows * prompt_len + gen
-    context_sum = rows * (prompt_len**2 / 2 + g * prompt_len + g**2 / 2)
-    return dense * tokens + 2 * shape["layers"] * shape["hidden"] * context_sum
 
 
 def bench_size(size: str, args, prompts: list[str], models_dir: Path, peak: float) -> list[dict]:
@@ -246,16 +188,6 @@ def bench_size(size: str, args, prompts: list[str], models_dir: Path, peak: floa
 
 
 # --- output ----------------------------------------------------------------------------
-
-
-def print_peak(console, result: dict[str, Any]) -> None:
-    """The matmul peak line (shared with bench_trl.py)."""
-    mm = result["matmul"]
-    sizes = ", ".join(f"{n}: {g:.1f}" for n, g in mm["gflops_per_size"].items())
-    console.print(
-        f"[bold]fp32 torch.mm peak[/bold]: {mm['peak_gflops']:.1f} GFLOP/s "
-        f"(median per size {sizes}; {result['env']['torch_threads']} threads)"
-    )
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -321,9 +253,6 @@ def main(argv: list[str] | None = None) -> int:
     rollouts = []
     for size in args.sizes:
         rollouts += bench_size(size, args, prompts, models_dir, mm["peak_gflops"])
-    # ru_maxrss is KiB on Linux, bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_mib = rss / 2**20 if sys.platform == "darwin" else rss / 1024
     import transformers
 
     result = {
@@ -346,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "matmul": mm,
         "rollouts": rollouts,
-        "peak_rss_mib": rss_mib,
+        "peak_rss_mib": rss_mib(),
         "wall_s": time.perf_counter() - start,
     }
     print_table(result)

@@ -23,9 +23,9 @@ decodes to nothing, so the text-length coin would give whole groups the same rew
 
 Run from the repository root::
 
-    python benchmarks/bench_scaling.py               # the grid (~15 min on 2 cores)
-    python benchmarks/bench_scaling.py --qwen05b     # the grid, then the 0.5B step
-    python benchmarks/bench_scaling.py --quick       # smoke run
+    python -m benchmarks.bench_scaling               # the grid (~15 min on 2 cores)
+    python -m benchmarks.bench_scaling --qwen05b     # the grid, then the 0.5B step
+    python -m benchmarks.bench_scaling --quick       # smoke run
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import DapoSteps, bench_config, build_qwen05b, rss_mib
 
 WORKER_FLAG = "--worker"
 
@@ -80,72 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- the worker: one configuration in its own process ----------------------------------
 
 
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def bench_config(group: int, length: int, prompts: int, micro: int, *extra: str):
-    """The benchmarks' DAPO settings: one mini-batch of ``prompts`` × ``group`` responses,
-    dynamic sampling and overlong filtering off (a random model's responses are all
-    truncated), no warm-up; ``extra``: more ``section.key=value`` overrides."""
-    from dapo_cli.config import load_config
-
-    return load_config(None, [
-        f"rollout.group_size={group}", f"rollout.max_new_tokens={length}",
-        f"algorithm.overlong_cache_len={max(length // 8, 1)}",
-        "algorithm.dynamic_sampling=false", "algorithm.overlong_filtering=false",
-        f"train.train_batch_size={prompts}", f"train.mini_batch_size={prompts}",
-        f"train.micro_batch_size={micro}", "train.warmup_steps=0", *extra,
-    ])  # fmt: skip
-
-
-class DapoSteps:
-    """Full DAPO steps (``trainer.dapo_step``: sample, score, update ``trained``) on
-    generated medium math prompts whose task is the coin ``reward``: ``alternate`` (every
-    other response wins: each group half/half) or ``length`` (an even number of characters
-    wins). Sampling draws from a generator on the policy's device, seeded ``rank``."""
-
-    def __init__(
-        self, policy, trained, config, n_steps: int, reward: str = "length", dist=None,
-        sampler=None,
-    ):  # fmt: skip
-        import itertools
-        import random
-
-        import torch
-
-        from dapo_cli.datagen import generate_dataset
-        from dapo_cli.rewards import register_verifier
-        from dapo_cli.scale.distributed import SINGLE
-        from dapo_cli.step import TORCH_SAMPLER, PromptStream, lr_lambda
-        from dapo_cli.tasks.base import Score
-
-        if reward == "alternate":
-            flips = itertools.count()
-            register_verifier("bench-coin", lambda s, text: Score.binary(next(flips) % 2 == 0))
-        else:
-            register_verifier("bench-coin", lambda s, text: Score.binary(len(text) % 2 == 0))
-        n = max(64, config.train.train_batch_size * n_steps)
-        data = generate_dataset(n, ["math"], seed=0, test_fraction=0.0)
-        self.policy, self.trained, self.config = policy, trained, config
-        self.dist = dist or SINGLE
-        self.optimizer = torch.optim.AdamW(trained.parameters(), lr=config.train.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
-        self.stream = PromptStream([{**d, "task_type": "bench-coin"} for d in data], seed=0)
-        self.generator = torch.Generator(device=policy.device).manual_seed(self.dist.rank)
-        self.rng = random.Random(0)
-        # a vllm_engine.VllmEngine over policy, or None: our sampler
-        self.sampler = sampler or TORCH_SAMPLER
-
-    def step(self) -> dict[str, float]:
-        from dapo_cli.step import dapo_step
-
-        return dapo_step(
-            self.policy, self.optimizer, self.scheduler, self.stream, self.config,
-            self.generator, self.rng, None, self.dist, self.trained, self.sampler,
-        )  # fmt: skip
-
-
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from dapo_cli.policy import load_policy
     from dapo_cli.scale.distributed import SINGLE
@@ -179,7 +114,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, __file__, WORKER_FLAG, json.dumps(spec)],
+        [sys.executable, "-m", "benchmarks.bench_scaling", WORKER_FLAG, json.dumps(spec)],
         capture_output=True,
         text=True,
     )
@@ -189,34 +124,6 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- the 0.5B-shaped step through the CLI ----------------------------------------------
-
-QWEN05B_SHAPE = {
-    "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-    "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
-    "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True,
-}  # fmt: skip
-
-
-def build_qwen05b(folder: Path) -> Path:
-    """Random-init Qwen2 with Qwen2.5-0.5B's shape, saved with the embedded tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    from dapo_cli.models import build_tokenizer
-
-    tokenizer = build_tokenizer()
-    config = Qwen2Config(
-        **QWEN05B_SHAPE,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def qwen05b_step(workdir: Path, checkpointing: bool = True) -> dict[str, Any]:

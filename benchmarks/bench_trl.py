@@ -15,8 +15,8 @@ sampling on.
 
 Run from the repository root (needs ``pip install -e .[bench]`` for TRL)::
 
-    python benchmarks/bench_trl.py --ds-steps 3  # what benchmarks/README.md reports (26 min here)
-    python benchmarks/bench_trl.py --quick       # smoke run (75 s here, warm start cached)
+    python -m benchmarks.bench_trl --ds-steps 3  # what benchmarks/README.md reports (26 min here)
+    python -m benchmarks.bench_trl --quick       # smoke run (75 s here, warm start cached)
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,9 +38,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_rollout import matmul_peak, model_shape, print_peak, rollout_flops  # noqa: E402
-
+from benchmarks.common import matmul_peak, model_shape, print_peak, rollout_flops, rss_mib  # noqa: E402
 from dapo_cli.datagen import generate_dataset  # noqa: E402
 
 # --- settings ----------------------------------------------------------------------------
@@ -161,11 +158,6 @@ def warm_model(size: str, args, models_dir: Path) -> tuple[Path, dict[str, Any]]
 
 
 # --- shared worker helpers ---------------------------------------------------------------
-
-
-def peak_rss_mib() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
 def step_prompts(job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -492,7 +484,7 @@ def worker_main(args) -> int:
         trainer=args.worker,
         job=job,
         wall_s=time.perf_counter() - start,
-        peak_rss_mib=peak_rss_mib(),
+        peak_rss_mib=rss_mib(),
         torch_threads=torch.get_num_threads(),
     )
     Path(args.result).write_text(json.dumps(out, indent=1, default=float) + "\n")
@@ -512,7 +504,7 @@ def run_worker(kind: str, job: dict[str, Any], tmp: Path, tag: str) -> dict[str,
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind]
+    cmd = [sys.executable, "-m", "benchmarks.bench_trl", "--worker", kind]
     cmd += ["--job", str(job_file), "--result", str(result_file)]
     t0 = time.perf_counter()
     with log_file.open("w") as log:

@@ -17,8 +17,8 @@ CPU; each pins its own torch). For each model size:
 
 Run from the repository root::
 
-    python benchmarks/bench_vllm.py                  # tiny-1m and tiny-10m, a few minutes
-    python benchmarks/bench_vllm.py --quick          # smoke run
+    python -m benchmarks.bench_vllm                  # tiny-1m and tiny-10m, a few minutes
+    python -m benchmarks.bench_vllm --quick          # smoke run
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_rollout import prompts_for  # noqa: E402
-from bench_scaling import DapoSteps, bench_config  # noqa: E402
-
+from benchmarks.common import (  # noqa: E402
+    DapoSteps,
+    bench_config,
+    prompts_for,  # noqa: E402
+)
 from dapo_cli.models import embedded_base  # noqa: E402
 from dapo_cli.policy import load_policy  # noqa: E402
 from dapo_cli.rollout import sample  # noqa: E402
@@ -158,7 +158,8 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "r.json"
                 argv_one = [a for a in (argv if argv is not None else sys.argv[1:])]
-                cmd = [sys.executable, __file__, *_without(argv_one, "--sizes", "--output"),
+                cmd = [sys.executable, "-m", "benchmarks.bench_vllm",
+                       *_without(argv_one, "--sizes", "--output"),
                        "--sizes", size, "--output", str(out)]  # fmt: skip
                 if subprocess.run(cmd).returncode != 0:
                     return 1

@@ -43,7 +43,7 @@ if want fsdp; then
   done
 fi
 if want bench; then
-  timeout 600 $PY benchmarks/bench_gpu.py --output "$OUT/bench_gpu.json" ${BENCH_ARGS:-} \
+  timeout 600 $PY -m benchmarks.bench_gpu --output "$OUT/bench_gpu.json" ${BENCH_ARGS:-} \
       --profile "$OUT/profile_generation.txt" > "$OUT/bench_gpu.log" 2>&1
   done_ "bench_gpu" $?; tail -14 "$OUT/bench_gpu.log"
 fi
@@ -52,7 +52,7 @@ if want vllm; then
     timeout 600 $PY -m dapo_cli train "${ARGS[@]}" --steps 4 --output-dir "$W/vllm" \
         --set rollout.engine=vllm &&
     timeout 600 $PY -m pytest -v -p no:cacheprovider tests/test_vllm_engine.py &&
-    timeout 600 $PY benchmarks/bench_vllm.py --quick
+    timeout 600 $PY -m benchmarks.bench_vllm --quick
   } > "$OUT/vllm.log" 2>&1
   done_ "vllm (train, tests, bench --quick)" $?
   grep -E "rollout:|step +[0-9]|passed|failed|tiny-1m:|Error" "$OUT/vllm.log"
