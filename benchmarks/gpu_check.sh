@@ -8,7 +8,7 @@
 #   4. the test suite with the GPU visible (pytest-xdist if present; -v names every result
 #      as it ends, so a run cut short still says which tests failed)
 #   5. (PARTS=vllm, when vLLM is installed) dapo train with rollout.engine=vllm in bf16,
-#      tests/test_vllm_engine.py and benchmarks/bench_vllm.py --quick on the GPU
+#      tests/scale/test_vllm_engine.py and benchmarks/bench_vllm.py --quick on the GPU
 # PARTS (default "cli fsdp bench tests"): which parts to run; WARM_STEPS (default 300):
 # supervised warm-start steps; BENCH_ARGS: extra bench_gpu.py arguments (e.g. "--quick").
 # On one H100 parts 1-2 took about 3 min, bench about 3-5, tests over 4 (with 14 workers).
@@ -51,7 +51,7 @@ if want vllm; then
   {
     timeout 600 $PY -m dapo_cli train "${ARGS[@]}" --steps 4 --output-dir "$W/vllm" \
         --set rollout.engine=vllm &&
-    timeout 600 $PY -m pytest -v -p no:cacheprovider tests/test_vllm_engine.py &&
+    timeout 600 $PY -m pytest -v -p no:cacheprovider tests/scale/test_vllm_engine.py &&
     timeout 600 $PY -m benchmarks.bench_vllm --quick
   } > "$OUT/vllm.log" 2>&1
   done_ "vllm (train, tests, bench --quick)" $?

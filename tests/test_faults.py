@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from test_train import CrashAt, make_config, weights
+from helpers import CrashAt, make_config, weights
 from typer.testing import CliRunner
 
 from dapo_cli import step as one_step

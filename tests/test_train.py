@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from helpers import Crash, CrashAt, make_config, weights
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
@@ -19,30 +20,6 @@ from dapo_cli.rewards import register_verifier
 from dapo_cli.run import TrainObserver, run_training
 from dapo_cli.store import Store
 from dapo_cli.tasks.base import Score
-
-# Rewards a random model can earn: an even number of characters is "correct", so groups are
-# mixed and every step has signal. "test-never" is never correct.
-register_verifier("test-parity", lambda s, c: Score.binary(len(c) % 2 == 0))
-register_verifier("test-never", lambda s, c: Score.binary(False))
-register_verifier("test-always", lambda s, c: Score.binary(True))
-
-
-def make_config(tmp_path, data_file, *extra):
-    return load_config(None, [
-        f"data.path={data_file}", "warm_start.enabled=off", "rollout.group_size=4",
-        "rollout.max_new_tokens=8", "algorithm.overlong_cache_len=2",
-        "train.train_batch_size=2", "train.gen_batch_size=4", "train.mini_batch_size=1",
-        "train.micro_batch_size=3", "train.steps=3", "train.lr=1e-2", "train.warmup_steps=0",
-        f"output.output_dir={tmp_path / 'ck'}", f"output.db_path={tmp_path / 'd.db'}",
-        "output.save_every=2", *extra,
-    ])  # fmt: skip
-
-
-def weights(model_or_dir):
-    model = model_or_dir
-    if not isinstance(model_or_dir, torch.nn.Module):
-        model = AutoModelForCausalLM.from_pretrained(model_or_dir)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def test_training_changes_weights_logs_metrics_and_saves_a_loadable_model(tmp_path, data_file):
@@ -68,22 +45,6 @@ def test_training_changes_weights_logs_metrics_and_saves_a_loadable_model(tmp_pa
     ids = tok("Answer: 12", return_tensors="pt")["input_ids"]
     assert model(ids).logits.shape[-1] == len(tok)
     assert (tmp_path / "ck" / "step_000002" / "trainer_state.pt").is_file()
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(TrainObserver):
-    def __init__(self, step, said=None):
-        self.step, self.said = step, said if said is not None else []
-
-    def message(self, text):
-        self.said.append(text)
-
-    def train_step(self, step, total, metrics):
-        if step == self.step:
-            raise Crash
 
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, data_file):

@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under ``torch.distributed.run`` (2 CPU processes, gloo).
+"""Run by tests/scale/test_distributed.py under ``torch.distributed.run`` (2 CPU processes, gloo).
 
 ``update BATCH MODEL_DIR OUT CONFIG_JSON``: one ``one_step.update`` of a saved batch with
 plain SGD (FSDP when the config or the environment asks for it); rank 0 saves the weights

@@ -27,13 +27,13 @@ register_verifier("test-parity", lambda s, c: Score.binary(len(c) % 2 == 0))
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
-FSDP_CONFIG = Path(__file__).resolve().parent.parent / "templates" / "accelerate" / "fsdp.yaml"
+FSDP_CONFIG = Path(__file__).resolve().parents[2] / "templates" / "accelerate" / "fsdp.yaml"
 
 
 def launch(
     *args: str, timeout: int = 300, fsdp: bool = False, env: dict | None = None, processes=2
 ) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 tests/dist_worker.py ARGS`` (gloo, CPU), or
+    """``torchrun --standalone --nproc_per_node 2 tests/scale/dist_worker.py ARGS`` (gloo, CPU), or
     with ``fsdp`` ``accelerate launch --config_file templates/accelerate/fsdp.yaml ...``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
