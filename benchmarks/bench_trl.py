@@ -199,6 +199,7 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     store and checkpoints; each call timed."""
     t_setup = time.perf_counter()
     import dapo_cli.step as T
+    from dapo_cli import rollout
     from dapo_cli.config import load_config
     from dapo_cli.policy import load_policy
 
@@ -250,7 +251,8 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     generator = torch.Generator(device=policy.device).manual_seed(t.seed)
     rng = random.Random(f"dapo-minibatch:{t.seed}")
     sample_times: list[float] = []
-    T.sample = timed(T.sample, sample_times)  # to split the rollout into sampling and the rest
+    # to split the rollout into sampling and the rest
+    rollout.sample = timed(rollout.sample, sample_times)
     lengths = None if dynamic else prompt_lengths(policy, step_prompts(job), P)
     setup_s = time.perf_counter() - t_setup
 
@@ -258,7 +260,7 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     for k in range(t.steps):
         n_before = len(sample_times)
         t0 = time.perf_counter()
-        m = T.dapo_step(policy, optimizer, scheduler, stream, config, generator, rng)
+        m = T.dapo_step(T.StepState(policy, optimizer, scheduler, stream, generator, rng), config)
         seconds = time.perf_counter() - t0
         steps.append(
             {

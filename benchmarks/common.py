@@ -154,11 +154,14 @@ class DapoSteps:
         self.sampler = sampler or TORCH_SAMPLER
 
     def step(self) -> dict[str, float]:
-        from dapo_cli.step import dapo_step
+        from dapo_cli.step import StepState, dapo_step
 
         return dapo_step(
-            self.policy, self.optimizer, self.scheduler, self.stream, self.config,
-            self.generator, self.rng, None, self.dist, self.trained, self.sampler,
+            StepState(
+                self.policy, self.optimizer, self.scheduler, self.stream, self.generator,
+                self.rng, None, self.dist, self.trained, self.sampler,
+            ),
+            self.config,
         )  # fmt: skip
 
 

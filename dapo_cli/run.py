@@ -43,7 +43,7 @@ from dapo_cli.scale.sharding import (
 )
 from dapo_cli.scale.vllm_engine import INSTALL_HINT, VllmEngine, vllm_available
 from dapo_cli.sft import supervised_warm_start
-from dapo_cli.step import Converged, PromptStream, dapo_step, lr_lambda
+from dapo_cli.step import Converged, PromptStream, StepState, dapo_step, lr_lambda
 from dapo_cli.store import Store
 
 # With no data given: number puzzles (many correct answers, checked by their properties), a
@@ -390,14 +390,19 @@ class Run:
     history: list[dict[str, float]] = field(default_factory=list)
     pending: _StepStart | None = None  # a step under way: the state before it
 
+    @property
+    def step_state(self) -> StepState:
+        """What ``dapo_step`` reads and advances (the same objects this run holds)."""
+        return StepState(
+            self.policy, self.optimizer, self.scheduler, self.stream, self.generator,
+            self.rng, self.reference, self.dist, self.trained, self.sampler,
+        )  # fmt: skip
+
     def step(self) -> dict[str, float]:
         """One DAPO step (raises ``Converged`` when dynamic sampling finds nothing to learn);
         its metrics recorded."""
         self.pending = _StepStart.take(self.stream, self.generator, self.rng, self.optimizer)
-        metrics = dapo_step(
-            self.policy, self.optimizer, self.scheduler, self.stream, self.config,
-            self.generator, self.rng, self.reference, self.dist, self.trained, self.sampler,
-        )  # fmt: skip
+        metrics = dapo_step(self.step_state, self.config)
         self.pending = None  # the step is done: the live state is the good state
         self.steps_done += 1
         self.history.append(metrics)

@@ -537,24 +537,33 @@ def lr_lambda(config: Config) -> Callable[[int], float]:
     return factor
 
 
-def dapo_step(
-    policy: Policy,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    stream: PromptStream,
-    config: Config,
-    generator: torch.Generator,
-    rng: random.Random,
-    reference=None,
-    dist: Dist = SINGLE,
-    model=None,
-    sampler: Sampler = TORCH_SAMPLER,
-) -> dict[str, float]:
-    """One full DAPO step; returns its metrics. ``model``: the module trained (see
-    ``update``); ``sampler``: where the responses come from (given the new weights after
-    the update when it keeps its own copy)."""
+@dataclass
+class StepState:
+    """What one DAPO step reads and advances: the policy that samples, the module the
+    optimiser trains (None: the policy's own model; see ``update``), the optimiser and its
+    schedule, the prompt stream, the sampling generator and the mini-batch shuffle, the KL
+    reference (or None), the processes, and where the responses come from."""
+
+    policy: Policy
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    stream: PromptStream
+    generator: torch.Generator
+    rng: random.Random
+    reference: Any = None
+    dist: Dist = SINGLE
+    model: Any = None
+    sampler: Sampler = TORCH_SAMPLER
+
+
+def dapo_step(state: StepState, config: Config) -> dict[str, float]:
+    """One full DAPO step; returns its metrics: ``collect_batch`` (sample → score → gather
+    → filter → advantages), the old log-probs when they must be recomputed, ``update``, then
+    the new weights to a sampler that keeps its own copy, and the schedule's step."""
+    s = state
+    policy, sampler, model = s.policy, s.sampler, s.model
     start = time.perf_counter()
-    batch = collect_batch(policy, stream, config, generator, dist, sampler)
+    batch = collect_batch(policy, s.stream, config, s.generator, s.dist, sampler)
     gen_time = time.perf_counter() - start
     if old_logprobs_source(config, policy, sampler) == "recompute":
         trained = policy.model if model is None else model
@@ -565,14 +574,14 @@ def dapo_step(
         )  # fmt: skip
         gap = _max_gap(batch.rollout.logprobs, sampled, batch.rollout.response_mask)
         batch.stats["rollout_logprob_diff_max"] = gap
-    update_metrics = update(policy, optimizer, batch, config, rng, reference, dist, model)
+    update_metrics = update(policy, s.optimizer, batch, config, s.rng, s.reference, s.dist, model)
     if sampler.own_weights and update_metrics["updates"]:
         sync_start = time.perf_counter()
         sampler.load_weights(policy.model)  # the next rollout samples from the new weights
         update_metrics["weight_sync_time"] = time.perf_counter() - sync_start
     metrics = {**batch.stats, **update_metrics}
-    metrics["lr"] = optimizer.param_groups[0]["lr"]
-    scheduler.step()
+    metrics["lr"] = s.optimizer.param_groups[0]["lr"]
+    s.scheduler.step()
     step_time = time.perf_counter() - start
     metrics["step_time"] = step_time
     metrics["gen_time"] = gen_time

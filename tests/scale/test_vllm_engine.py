@@ -116,7 +116,10 @@ def _steps(config, engine, monkeypatch, policy, n=1, optimizer=torch.optim.SGD):
     )
     return [
         one_step.dapo_step(
-            policy, opt, sched, stream, config, gen, rng, sampler=engine or one_step.TORCH_SAMPLER
+            one_step.StepState(
+                policy, opt, sched, stream, gen, rng, sampler=engine or one_step.TORCH_SAMPLER
+            ),
+            config,
         )
         for _ in range(n)
     ]
