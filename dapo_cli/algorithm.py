@@ -92,7 +92,7 @@ def overlong_mask(truncated: Tensor) -> Tensor:
     return (~truncated.bool()).float()  # (B,)
 
 
-def policy_loss(
+def policy_loss(  # long for its docstring (the equations); the body reads top to bottom
     logprobs: Tensor,
     old_logprobs: Tensor,
     advantages: Tensor,

@@ -300,7 +300,7 @@ def _with_sampling_attention(fn):
 
 @_with_sampling_attention
 @torch.no_grad()
-def sample(
+def sample(  # one piece on purpose: the per-token hot loop, prefill → decode → finish
     model,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,

@@ -240,9 +240,7 @@ def build_run(
     reference, reference_source = None, None
     if config.algorithm.kl_coef > 0:
         reference_source = _kl_reference_source(source, warm, state, policy, out_dir, dist)
-        reference = load_policy(
-            reference_source, device=policy.device, dtype=config.model.dtype
-        ).model
+        reference = load_policy(reference_source, device=policy.device, dtype=config.model.dtype)
 
     t = config.train
     torch.manual_seed(t.seed)
@@ -252,13 +250,21 @@ def build_run(
         weight_decay=t.weight_decay,
     )
     run = Run(
-        config, dist, observer, out_dir, policy, trained, sampler, reference,
-        reference_source, optimizer,
+        config, dist, observer, out_dir, policy, trained, sampler,
+        reference.model if reference else None, reference_source, optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config)),
         stream=PromptStream(samples, t.seed),
         generator=_sampling_generator(policy.device, t.seed, dist),
         rng=random.Random(f"dapo-minibatch:{t.seed}"),
     )  # fmt: skip
+    _start_recording(run, log, source, state, resume_from)
+    return run
+
+
+def _start_recording(run: Run, log: RunLog, source: str, state, resume_from) -> None:
+    """The run's record: restored (and its store run reopened) when resuming, else a new
+    store run; its log, its config.yaml and TensorBoard on rank 0; the sinks for its steps."""
+    config, dist, observer = run.config, run.dist, run.observer
     db_path = resolve_db_path(config.output.db_path)
     store = Store(db_path) if dist.main else None  # only rank 0 writes
     if state is not None:
@@ -268,12 +274,12 @@ def build_run(
         observer.message(f"resumed from {resume_from} at step {run.steps_done}")
     elif store is not None:
         run.run_id = store.start_run("train", config.to_dict(), source)
+    tensorboard = None
     if dist.main:
         observer.message(f"log: {log.open(log_path(db_path, 'train', run.run_id))}")
-        _save_config(config, out_dir)
-    tensorboard = _tensorboard_writer(out_dir, run.run_id, observer) if dist.main else None
+        _save_config(config, run.out_dir)
+        tensorboard = _tensorboard_writer(run.out_dir, run.run_id, observer)
     run.sinks = MetricSinks(db_path, store, log, tensorboard, observer)
-    return run
 
 
 def _resume_point(out_dir: Path, observer) -> tuple[Path, dict[str, Any]]:

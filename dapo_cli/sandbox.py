@@ -443,7 +443,7 @@ def _spawn(mode: _Mode, host_dir: str, code: str, uid: int | None) -> tuple[list
     return cmd, work, {"user": uid, "group": uid, "extra_groups": []}
 
 
-def run_function_tests(
+def run_function_tests(  # one sandboxed run, start to report: kept whole to audit it
     code: str,
     function: str,
     tests: list[dict],

@@ -72,7 +72,7 @@ def supervised_loss(model, ids, mask, labels) -> torch.Tensor:
     )
 
 
-def supervised_warm_start(
+def supervised_warm_start(  # the loop of one SFT run: schedule, batches, steps, summary
     policy: Policy,
     samples: list[dict[str, Any]],
     *,

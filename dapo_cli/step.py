@@ -184,6 +184,17 @@ def collect_batch(
     loss_mask = rollout.response_mask.float()
     if a.overlong_filtering:
         loss_mask = loss_mask * A.overlong_mask(rollout.truncated)[:, None]
+    counts = (n_informative, n_groups, n_batches, n_kept, want)
+    stats = _batch_stats(seen, G, a.dynamic_sampling, *counts)
+    old_from_update = old_logprobs_source(config, policy, sampler) == "update"
+    return Batch(rollout, advantages, loss_mask, stats, old_from_update)
+
+
+def _batch_stats(
+    seen: dict[str, list], G: int, dynamic: bool, n_informative: int, n_groups: int,
+    n_batches: int, n_kept: int, want: int,
+) -> dict[str, float]:  # fmt: skip
+    """The rollout's metrics, over every response generated for this step (kept or not)."""
     all_correct = torch.cat(seen["correct"]).float()
     lengths = torch.cat(seen["length"]).float()
     groups_correct = all_correct.view(-1, G).mean(1)
@@ -195,7 +206,7 @@ def collect_batch(
         "truncation_rate": float(torch.cat(seen["truncated"]).float().mean()),
         "groups_all_correct": float((groups_correct == 1).float().mean()),
         # groups dropped for lacking signal (not those left over once the batch was full)
-        "groups_filtered": 1.0 - n_informative / max(n_groups, 1) if a.dynamic_sampling else 0.0,
+        "groups_filtered": 1.0 - n_informative / max(n_groups, 1) if dynamic else 0.0,
         "gen_batches": float(n_batches),
         "prompts_trained": float(n_kept),
         "tokens_generated": float(lengths.sum()),
@@ -205,8 +216,7 @@ def collect_batch(
         entropy_sum = float(sum(float(e.sum()) for e in seen["entropy"]))
         stats["entropy"] = entropy_sum / max(float(lengths.sum()), 1.0)
     stats["batch_fill"] = n_kept / want  # < 1: a partial batch (train.on_gen_cap=continue)
-    old_from_update = old_logprobs_source(config, policy, sampler) == "update"
-    return Batch(rollout, advantages, loss_mask, stats, old_from_update)
+    return stats
 
 
 class Converged(Exception):  # noqa: N818  (an outcome, not an error)

@@ -26,7 +26,7 @@ EXAMPLE = (
 
 @app.command("chat", epilog=EXAMPLE)
 @user_errors
-def chat(
+def chat(  # long for its option declarations; the body is checks, load, then one of two modes
     model: Annotated[
         str | None,
         typer.Option(help="Model path or HF id; default: the embedded tiny model (tiny-1m)."),

@@ -42,7 +42,7 @@ def _stage(number: int, name: str, argv: list[str]) -> float:
 
 @app.command("quickstart", epilog=EXAMPLE)
 @user_errors
-def quickstart(
+def quickstart(  # long for its options and five stages, each a few lines, top to bottom
     workdir: Annotated[
         Path, typer.Option(help="Folder for data/, models/ and the database (created).")
     ] = Path("."),
@@ -87,7 +87,6 @@ def quickstart(
     from dapo_cli.cli import eval as eval_cmd
     from dapo_cli.config import SftSettings, load_config
     from dapo_cli.paths import templates_dir
-    from dapo_cli.store import Store
 
     preset = templates_dir() / PRESET
     cfg = load_config(preset, set_)  # the preset, as `dapo train` will read it
@@ -100,12 +99,9 @@ def quickstart(
             "must be >= 1"
         )
     workdir.mkdir(parents=True, exist_ok=True)
-    dataset = workdir / "data" / "quickstart.jsonl"
-    db_path = workdir / "data" / "dapo.db"
-    warm = workdir / "models" / "quickstart-warm"
-    out_dir = workdir / "models" / "checkpoints"
-    final = out_dir / "dapo_final"
-    results = workdir / "data" / "eval.json"
+    dataset, db_path = workdir / "data" / "quickstart.jsonl", workdir / "data" / "dapo.db"
+    warm, out_dir = workdir / "models" / "quickstart-warm", workdir / "models" / "checkpoints"
+    final, results = out_dir / "dapo_final", workdir / "data" / "eval.json"
     overrides = list(set_ or [])
     times: dict[str, float] = {}
     started = time.perf_counter()
@@ -146,6 +142,20 @@ def quickstart(
     times["evaluation"] = time.perf_counter() - t
     total = time.perf_counter() - started
 
+    _summary(db_path, evaluation, times, total)
+    console.print(f"final checkpoint: {final}", soft_wrap=True)
+    console.print(f"warm start:       {warm}", soft_wrap=True)
+    console.print(
+        f"database:         {db_path} (dapo db stats --db-path {db_path})", soft_wrap=True
+    )
+    console.print(f"per-sample eval:  {results}", soft_wrap=True)
+    console.print(f"try it:           dapo chat --model {final}", soft_wrap=True)
+
+
+def _summary(db_path: Path, evaluation, times: dict[str, float], total: float) -> None:
+    """Stage 5: the last two eval runs (warm start, DAPO) side by side, and the times."""
+    from dapo_cli.store import Store
+
     console.print(Rule("[bold]5/5 summary", align="left"))
     with Store(db_path, create=False) as store:
         before, after = (_eval_metrics(store, run) for run in store.runs("eval")[-2:])
@@ -154,13 +164,6 @@ def quickstart(
         "time: " + ", ".join(f"{name} {sec:.0f} s" for name, sec in times.items())
         + f"; total {total / 60:.1f} min"
     )  # fmt: skip
-    console.print(f"final checkpoint: {final}", soft_wrap=True)
-    console.print(f"warm start:       {warm}", soft_wrap=True)
-    console.print(
-        f"database:         {db_path} (dapo db stats --db-path {db_path})", soft_wrap=True
-    )
-    console.print(f"per-sample eval:  {results}", soft_wrap=True)
-    console.print(f"try it:           dapo chat --model {final}", soft_wrap=True)
 
 
 def _eval_metrics(store: Any, run: dict[str, Any]) -> dict[str, float]:
