@@ -45,11 +45,28 @@ class ModelConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
 
 
+DATA_FORMATS = ("dapo", "gsm8k", "math", "dapo-math-17k", "fields")  # see hub_data.py
+
+
 @dataclass
 class DataConfig:
-    path: str | None = _f(None, "JSONL/CSV/Parquet file of samples (its 'train' split is used).")
+    path: str | None = _f(
+        None,
+        "Samples: a JSONL/CSV/Parquet file, a datasets save_to_disk folder, another data file "
+        "(.json, .arrow) or a Hugging Face Hub id.",
+    )
     db_path: str | None = _f(None, "Read samples from this SQLite store instead of a file.")
     split: str = _f("train", "Which split to train on.")
+    format: str = _f(
+        "dapo",
+        "Where prompt and answer are in data.path's rows: dapo (this project's records), "
+        "gsm8k, math (the last \\boxed{} of the solution), dapo-math-17k, or fields "
+        "(data.prompt_field, data.answer_field).",
+        choices=DATA_FORMATS,
+    )
+    prompt_field: str = _f("prompt", "With data.format=fields: the prompt (text or chat messages).")
+    answer_field: str = _f("answer", "With data.format=fields: the reference answer.")
+    hub_config: str | None = _f(None, "The Hub dataset's configuration name (e.g. main).")
     task_types: list[str] = _f([], "Only these task types (empty = all in the data).")
     max_prompt_tokens: int = _f(256, "Prompts longer than this (in tokens) are skipped.")
 

@@ -71,8 +71,9 @@ def load_samples(config: Config, observer: TrainObserver) -> list[dict[str, Any]
     d = config.data
     if d.path or d.db_path:
         samples, where = samples_from(
-            d.path or None, d.db_path or None, split=d.split, task_types=d.task_types or None
-        )
+            d.path or None, d.db_path or None, split=d.split, task_types=d.task_types or None,
+            fmt=d.format, fields=(d.prompt_field, d.answer_field), hub_config=d.hub_config,
+        )  # fmt: skip
     else:
         generated = generate_dataset(**DEFAULT_DATA, seed=config.train.seed)
         samples = [r for r in generated if r["split"] == "train"]

@@ -4,9 +4,12 @@ task types. Training, SFT and eval all load through ``load_samples``."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from dapo_cli.errors import DapoError
+from dapo_cli.hub_data import load_dataset_samples
+from dapo_cli.records import FORMATS as RECORD_FORMATS
 from dapo_cli.records import read_records
 from dapo_cli.store import Store
 
@@ -18,13 +21,24 @@ def load_samples(
     split: str,
     task_types: list[str] | None = None,
     limit: int = 0,
+    fmt: str = "dapo",
+    fields: tuple[str, str] = ("prompt", "answer"),
+    hub_config: str | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
-    """The ``split`` of the file at ``path``, else of the store at ``db_path`` (a file given
-    explicitly wins: the store may be only where results go), filtered by task type and cut
-    to the first ``limit`` (0: all). Returns (samples, where they came from); none left is
-    one clear error."""
+    """The ``split`` of ``path``, else of the store at ``db_path`` (a path given explicitly
+    wins: the store may be only where results go), filtered by task type and cut to the
+    first ``limit`` (0: all). ``path`` is this project's JSONL/CSV/Parquet file (errors name
+    ``file:line``), or anything ``hub_data`` reads: a ``save_to_disk`` folder, another data
+    file, a Hub id, in the format ``fmt`` (``fields``: the prompt and answer fields of the
+    ``fields`` format). Returns (samples, where they came from); none left is one error."""
     if path is not None:
-        samples = [r for r in read_records(path) if r["split"] == split]
+        if fmt == "dapo" and Path(path).suffix.lower() in RECORD_FORMATS:
+            samples = [r for r in read_records(path) if r["split"] == split]
+        else:
+            samples = load_dataset_samples(
+                path, split=split, fmt=fmt, prompt_field=fields[0], answer_field=fields[1],
+                hub_config=hub_config,
+            )  # fmt: skip
         where = str(path)
     elif db_path is not None:
         samples = Store(db_path, create=False).samples(split=split)

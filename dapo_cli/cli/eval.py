@@ -32,7 +32,17 @@ def eval_(
         list[str],
         typer.Option(help="Model path or HF id (repeat to compare; 'tiny-1m' = embedded base)."),
     ],
-    data: Annotated[Path | None, typer.Option(help="Samples file (.jsonl/.csv/.parquet).")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Samples: a .jsonl/.csv/.parquet file, a datasets save_to_disk folder, or a "
+            "Hub id (org/name)."
+        ),
+    ] = None,
+    data_format: Annotated[
+        str,
+        typer.Option(help="Where prompt and answer are: dapo, gsm8k, math, dapo-math-17k."),
+    ] = "dapo",
     db_path: Annotated[
         Path | None, typer.Option(help="SQLite store: samples (without --data) and results.")
     ] = None,
@@ -71,20 +81,24 @@ def eval_(
     each with a plain-text log beside the store (logs/eval-RUN_ID.log).
     """
     settings = EvalSettings(split, k, temperature, top_p, greedy, max_new_tokens, seed, limit)
-    evaluate_and_show(model, data, db_path, settings, parse_csv_option(task_types), output, as_json)
+    evaluate_and_show(
+        model, data, db_path, settings, parse_csv_option(task_types), output, as_json,
+        data_format,
+    )  # fmt: skip
 
 
 def evaluate_and_show(
     models: list[str],
-    data: Path | None,
+    data: str | Path | None,
     db_path: Path | None,
     settings: EvalSettings,
     task_types: list[str] | None = None,
     output: Path | None = None,
     as_json: bool = False,
+    data_format: str = "dapo",
 ) -> None:
     """``dapo eval``'s work and output (also the quickstart's stage 4)."""
-    results = run_eval(models, data, db_path, settings, task_types, output, as_json)
+    results = run_eval(models, data, db_path, settings, task_types, output, as_json, data_format)
     if as_json:
         return
     n, prompts = settings.samples_per_prompt, prompts_of(results)
@@ -95,19 +109,21 @@ def evaluate_and_show(
 
 def run_eval(
     models: list[str],
-    data: Path | None,
+    data: str | Path | None,
     db_path: Path | None,
     settings: EvalSettings,
     task_types: list[str] | None = None,
     output: Path | None = None,
     as_json: bool = False,
+    data_format: str = "dapo",
 ) -> list[dict[str, Any]]:
     """Load the samples, evaluate every model with a progress bar (on stderr with --json),
     write the per-sample JSON and, with ``as_json``, print the summary; returns the results."""
     settings.check()
     samples, _ = load_samples(
-        data, db_path, split=settings.split, task_types=task_types, limit=settings.limit
-    )
+        data, db_path, split=settings.split, task_types=task_types, limit=settings.limit,
+        fmt=data_format,
+    )  # fmt: skip
     from dapo_cli.rewards import require_sandbox_for
 
     isolation = require_sandbox_for({s["task_type"] for s in samples})

@@ -14,6 +14,14 @@ from dapo_cli.config import SftSettings, load_config
 from dapo_cli.observer import TrainObserver
 
 app = typer.Typer()
+SFT = SftSettings()
+DATA_HELP = (
+    "Samples: a .jsonl/.csv/.parquet file, a datasets save_to_disk folder, or a Hub id (org/name)."
+)
+FORMAT_HELP = (
+    "Where prompt and answer are in --data's rows: dapo (this project's records), gsm8k, "
+    "math, dapo-math-17k."
+)
 
 _STEP_FIELDS = (
     ("reward", "reward_mean", "{:+.2f}"),
@@ -94,10 +102,8 @@ def train(
         str | None,
         typer.Option(help="HF model id or local path; default: the embedded tiny model."),
     ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(help="Samples file (.jsonl/.csv/.parquet); its train split is used."),
-    ] = None,
+    data: Annotated[str | None, typer.Option(help=DATA_HELP + " Its train split is used.")] = None,
+    data_format: Annotated[str | None, typer.Option(help=FORMAT_HELP)] = None,
     db_path: Annotated[
         Path | None,
         typer.Option(
@@ -128,7 +134,7 @@ def train(
     """
     overrides = list(set_ or [])
     flags = {
-        "model.name": model, "data.path": data, "train.steps": steps,
+        "model.name": model, "data.path": data, "data.format": data_format, "train.steps": steps,
         "rollout.group_size": group_size, "train.lr": lr, "train.seed": seed,
         "output.output_dir": output_dir, "output.db_path": db_path,
     }  # fmt: skip
@@ -180,14 +186,14 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-SFT = SftSettings()
 SFT_EXAMPLE = "Example: dapo sft --data data/dataset.jsonl --steps 400 --output models/sft"
 
 
 @app.command("sft", epilog=SFT_EXAMPLE)
 @user_errors
 def sft(
-    data: Annotated[Path, typer.Option(help="Samples file; its train split is used.")],
+    data: Annotated[str, typer.Option(help=DATA_HELP + " Its train split is used.")],
+    data_format: Annotated[str, typer.Option(help=FORMAT_HELP)] = "dapo",
     model: Annotated[
         str | None,
         typer.Option(help="HF model id or local path; default: the embedded tiny model."),
@@ -201,18 +207,24 @@ def sft(
 ) -> None:
     """Supervised fine-tuning on prompt → reference answer (loss on the answer tokens): the
     warm start that teaches a model the answer format before RL. Works on any causal LM."""
-    run_sft_command(data, model, output, SftSettings(steps, batch_size, lr, seed), db_path)
+    settings = SftSettings(steps, batch_size, lr, seed)
+    run_sft_command(data, model, output, settings, db_path, data_format)
 
 
 def run_sft_command(
-    data: Path, model: str | None, output: Path, settings: SftSettings, db_path: Path | None
+    data: str | Path,
+    model: str | None,
+    output: Path,
+    settings: SftSettings,
+    db_path: Path | None,
+    data_format: str = "dapo",
 ) -> None:
     """``dapo sft`` with a progress bar, its outcome in one line (the quickstart's stage 2)."""
     from dapo_cli.samples import load_samples
     from dapo_cli.sft import run_sft
 
     settings.check()
-    samples, _ = load_samples(data, split="train")
+    samples, _ = load_samples(data, split="train", fmt=data_format)
     quiet_transformers()
     with _progress() as progress:
         bar = progress.add_task("sft", total=settings.steps, info="")
