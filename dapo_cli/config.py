@@ -67,6 +67,11 @@ class DataConfig:
     prompt_field: str = _f("prompt", "With data.format=fields: the prompt (text or chat messages).")
     answer_field: str = _f("answer", "With data.format=fields: the reference answer.")
     hub_config: str | None = _f(None, "The Hub dataset's configuration name (e.g. main).")
+    system_prompt: str | None = _f(
+        None,
+        "System prompt before every prompt, through the chat template (else above it); "
+        "dapo sft, eval and chat take the same with --system.",
+    )
     task_types: list[str] = _f([], "Only these task types (empty = all in the data).")
     max_prompt_tokens: int = _f(256, "Prompts longer than this (in tokens) are skipped.")
 
@@ -224,6 +229,7 @@ class SftSettings:
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
+    system: str | None = None  # the system prompt, as in training (data.system_prompt)
 
     def check(self) -> SftSettings:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -243,6 +249,7 @@ class EvalSettings:
     max_new_tokens: int = 64
     seed: int = 0
     limit: int = 0  # at most this many prompts (0 = all)
+    system: str | None = None  # the system prompt, as in training (data.system_prompt)
 
     @property
     def samples_per_prompt(self) -> int:

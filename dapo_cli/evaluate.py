@@ -116,7 +116,11 @@ def evaluate_models(
         "seed": settings.seed, "split": settings.split, "data": data,
         "data_hash": data_hash(samples), "prompts": len(samples),
     }  # fmt: skip
+    if settings.system is not None:
+        recorded["system"] = settings.system
     policies = [(name, load_policy(name)) for name in models]
+    for _, policy in policies:
+        policy.system = settings.system
     store = Store(resolve_db_path(db_path))
     results: list[dict[str, Any]] = []
     for name, policy in policies:

@@ -85,12 +85,12 @@ def load_samples(config: Config, observer: TrainObserver) -> list[dict[str, Any]
 def _warm_start_dir(config: Config, samples: list[dict[str, Any]]) -> Path:
     """Where the warm-started embedded model for these samples and settings is cached."""
     w = config.warm_start
-    key = json.dumps(
-        {"size": config.model.embedded_size, "steps": w.steps, "batch": w.batch_size,
-         "lr": w.lr, "max_s": w.max_seconds, "seed": config.train.seed,
-         "ids": sorted(s["id"] for s in samples)},
-        sort_keys=True,
-    )  # fmt: skip
+    parts = {"size": config.model.embedded_size, "steps": w.steps, "batch": w.batch_size,
+             "lr": w.lr, "max_s": w.max_seconds, "seed": config.train.seed,
+             "ids": sorted(s["id"] for s in samples)}  # fmt: skip
+    if config.data.system_prompt is not None:  # without one, the cache key stays as it was
+        parts["system"] = config.data.system_prompt
+    key = json.dumps(parts, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return models_root() / "embedded" / f"{config.model.embedded_size}-warm-{digest}"
 
@@ -103,6 +103,7 @@ def warm_start(config: Config, samples: list[dict[str, Any]], observer: TrainObs
         return target
     base = embedded_base(config.model.embedded_size)
     policy = load_policy(str(base), device=config.model.device, dtype=config.model.dtype)
+    policy.system = config.data.system_prompt
     _supervise(policy, samples, config, observer)
     ckpt.save_checkpoint(target, policy.model, policy.tokenizer)
     observer.message(f"warm start: saved to {target}")
@@ -231,6 +232,7 @@ def build_run(
     _check_sandbox(config, samples, observer)
     source, warm = _model_source(config, resume_from, samples, dist, observer)
     policy = load_policy(source, device=_device(config, dist), dtype=config.model.dtype)
+    policy.system = config.data.system_prompt
     observer.message(_model_line(source, policy, dist))
     if warm:
         _supervise(policy, samples, config, observer)

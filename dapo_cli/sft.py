@@ -152,6 +152,7 @@ def run_sft(
     settings.check()
     torch.manual_seed(settings.seed)
     policy = load_policy(model)
+    policy.system = settings.system
     store = Store(resolve_db_path(db_path))
     recorded = {**asdict(settings), "data": data}
     run_id = store.start_run("sft", recorded, model or "embedded")

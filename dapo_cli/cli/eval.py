@@ -43,6 +43,10 @@ def eval_(
         str,
         typer.Option(help="Where prompt and answer are: dapo, gsm8k, math, dapo-math-17k."),
     ] = "dapo",
+    system: Annotated[
+        str | None,
+        typer.Option(help="System prompt, through the chat template (as in training)."),
+    ] = None,
     db_path: Annotated[
         Path | None, typer.Option(help="SQLite store: samples (without --data) and results.")
     ] = None,
@@ -80,7 +84,9 @@ def eval_(
     side by side with the difference. Results are stored in the SQLite store as eval runs,
     each with a plain-text log beside the store (logs/eval-RUN_ID.log).
     """
-    settings = EvalSettings(split, k, temperature, top_p, greedy, max_new_tokens, seed, limit)
+    settings = EvalSettings(
+        split, k, temperature, top_p, greedy, max_new_tokens, seed, limit, system
+    )
     evaluate_and_show(
         model, data, db_path, settings, parse_csv_option(task_types), output, as_json,
         data_format,

@@ -104,6 +104,9 @@ def train(
     ] = None,
     data: Annotated[str | None, typer.Option(help=DATA_HELP + " Its train split is used.")] = None,
     data_format: Annotated[str | None, typer.Option(help=FORMAT_HELP)] = None,
+    system: Annotated[
+        str | None, typer.Option(help="System prompt before every prompt (data.system_prompt).")
+    ] = None,
     db_path: Annotated[
         Path | None,
         typer.Option(
@@ -134,7 +137,8 @@ def train(
     """
     overrides = list(set_ or [])
     flags = {
-        "model.name": model, "data.path": data, "data.format": data_format, "train.steps": steps,
+        "model.name": model, "data.path": data, "data.format": data_format,
+        "data.system_prompt": system, "train.steps": steps,
         "rollout.group_size": group_size, "train.lr": lr, "train.seed": seed,
         "output.output_dir": output_dir, "output.db_path": db_path,
     }  # fmt: skip
@@ -194,6 +198,10 @@ SFT_EXAMPLE = "Example: dapo sft --data data/dataset.jsonl --steps 400 --output 
 def sft(
     data: Annotated[str, typer.Option(help=DATA_HELP + " Its train split is used.")],
     data_format: Annotated[str, typer.Option(help=FORMAT_HELP)] = "dapo",
+    system: Annotated[
+        str | None,
+        typer.Option(help="System prompt, through the chat template (as in training)."),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(help="HF model id or local path; default: the embedded tiny model."),
@@ -207,7 +215,7 @@ def sft(
 ) -> None:
     """Supervised fine-tuning on prompt → reference answer (loss on the answer tokens): the
     warm start that teaches a model the answer format before RL. Works on any causal LM."""
-    settings = SftSettings(steps, batch_size, lr, seed)
+    settings = SftSettings(steps, batch_size, lr, seed, system)
     run_sft_command(data, model, output, settings, db_path, data_format)
 
 
