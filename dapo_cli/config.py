@@ -136,6 +136,12 @@ class RewardConfig:
         "open).",
         choices=("namespaces", "rlimits-only"),
     )
+    function: str | None = _f(
+        None,
+        "Your reward instead of the task verifiers: path/to/file.py:fn or module:fn, called "
+        "as fn(prompts, completions, **sample columns) -> one float or (float, correct) each "
+        "(see dapo_cli/user_reward.py).",
+    )
 
 
 @dataclass

@@ -45,6 +45,7 @@ from dapo_cli.scale.vllm_engine import INSTALL_HINT, VllmEngine, vllm_available
 from dapo_cli.sft import supervised_warm_start
 from dapo_cli.step import Converged, PromptStream, StepState, dapo_step, lr_lambda
 from dapo_cli.store import Store
+from dapo_cli.user_reward import load_reward
 
 # With no data given: number puzzles (many correct answers, checked by their properties), a
 # task a ~1M-parameter model learns in minutes on a CPU and where the reward teaches more than
@@ -229,7 +230,11 @@ def build_run(
     resume_from, state = _resume_point(out_dir, observer) if resume else (None, None)
 
     samples = load_samples(config, observer)
-    _check_sandbox(config, samples, observer)
+    if config.reward.function:  # before any work: a wrong name fails here, in one line
+        load_reward(config.reward.function)
+        observer.message(f"reward: {config.reward.function} (in this process, not sandboxed)")
+    else:
+        _check_sandbox(config, samples, observer)
     source, warm = _model_source(config, resume_from, samples, dist, observer)
     policy = load_policy(source, device=_device(config, dist), dtype=config.model.dtype)
     policy.system = config.data.system_prompt

@@ -40,6 +40,7 @@ from dapo_cli.rollout import (
 )
 from dapo_cli.scale.distributed import SINGLE, Dist
 from dapo_cli.scale.sharding import compute_context, full_value, is_sharded, sync_weights
+from dapo_cli.user_reward import call_reward, load_reward
 
 
 class PromptStream:
@@ -117,10 +118,18 @@ def old_logprobs_source(config: Config, policy: Policy, sampler: Sampler = TORCH
 def score_responses(
     policy: Policy, rollout: Rollout, samples: list[dict], group_size: int, config: Config
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards (B,) = verifier reward (+ soft overlong penalty) and correctness (B,) bool."""
-    scores = score_batch(samples, rollout.response_texts(policy.tokenizer), group_size)
-    reward = torch.tensor([s.reward for s in scores], dtype=torch.float32)  # (B,)
-    correct = torch.tensor([s.correct for s in scores], dtype=torch.bool)  # (B,)
+    """Rewards (B,) = the verifiers' (or ``reward.function``'s) reward (+ soft overlong
+    penalty) and correctness (B,) bool."""
+    texts = rollout.response_texts(policy.tokenizer)
+    if config.reward.function:
+        rewards, right = call_reward(
+            load_reward(config.reward.function), samples, texts, group_size
+        )
+    else:
+        scores = score_batch(samples, texts, group_size)
+        rewards, right = [s.reward for s in scores], [s.correct for s in scores]
+    reward = torch.tensor(rewards, dtype=torch.float32)  # (B,)
+    correct = torch.tensor(right, dtype=torch.bool)  # (B,)
     a = config.algorithm
     if a.soft_overlong_punishment:
         lengths = rollout.lengths.cpu()

@@ -107,6 +107,12 @@ def train(
     system: Annotated[
         str | None, typer.Option(help="System prompt before every prompt (data.system_prompt).")
     ] = None,
+    reward: Annotated[
+        str | None,
+        typer.Option(
+            help="Your reward function, path/to/file.py:fn or module:fn (reward.function)."
+        ),
+    ] = None,
     db_path: Annotated[
         Path | None,
         typer.Option(
@@ -138,7 +144,7 @@ def train(
     overrides = list(set_ or [])
     flags = {
         "model.name": model, "data.path": data, "data.format": data_format,
-        "data.system_prompt": system, "train.steps": steps,
+        "data.system_prompt": system, "reward.function": reward, "train.steps": steps,
         "rollout.group_size": group_size, "train.lr": lr, "train.seed": seed,
         "output.output_dir": output_dir, "output.db_path": db_path,
     }  # fmt: skip
