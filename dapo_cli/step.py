@@ -40,6 +40,7 @@ from dapo_cli.rollout import (
 )
 from dapo_cli.scale.distributed import SINGLE, Dist
 from dapo_cli.scale.sharding import compute_context, full_value, is_sharded, sync_weights
+from dapo_cli.tasks.base import extract_answer
 from dapo_cli.user_reward import call_reward, load_reward
 
 
@@ -158,9 +159,13 @@ def collect_batch(
     kept: list[tuple[Rollout, torch.Tensor]] = []
     n_kept = n_groups = n_batches = n_informative = 0
     seen = {"reward": [], "correct": [], "length": [], "truncated": [], "entropy": []}
+    last = None  # the latest generation batch's rollout
     while n_kept < want:
         capped = a.dynamic_sampling and 0 < t.max_num_gen_batches <= n_batches
-        if capped and _at_gen_cap(t.on_gen_cap, n_kept, want, n_batches, seen["correct"], G):
+        if capped and _at_gen_cap(
+            t.on_gen_cap, n_kept, want, n_batches, seen["correct"], G,
+            lambda last=last: _no_signal_diagnosis(policy, last),  # capped: a batch ran
+        ):  # fmt: skip
             break  # train on the partial batch
         samples = stream.take(per_batch)
         rollout, reward, correct = _sample_and_score(
@@ -168,7 +173,7 @@ def collect_batch(
         )
         if dist.active:
             rollout, reward, correct = _gather_scored(dist, policy, rollout, reward, correct)
-        n_batches += 1
+        n_batches, last = n_batches + 1, rollout
         seen["reward"].append(reward)
         seen["correct"].append(correct)
         seen["length"].append(rollout.lengths.cpu())
@@ -233,11 +238,14 @@ class Converged(Exception):  # noqa: N818  (an outcome, not an error)
     the same way, mostly correctly: it has learned this data. The run stops, as a success."""
 
 
-def _at_gen_cap(on_cap: str, n_kept: int, want: int, n_batches: int, correct, G: int) -> bool:
+def _at_gen_cap(
+    on_cap: str, n_kept: int, want: int, n_batches: int, correct, G: int, diagnosis=str
+) -> bool:
     """Dynamic sampling reached ``train.max_num_gen_batches`` with ``n_kept`` of ``want``
     prompts with signal. True: train on the partial batch. Else raises: ``Converged`` when
     the groups seen were mostly all-correct (on_cap continue, with nothing kept, or stop),
-    or a DapoError saying what to change (on_cap error, or mostly all-wrong groups)."""
+    or a DapoError saying what to change (on_cap error, or mostly all-wrong groups), with
+    ``diagnosis()`` (what the last responses looked like)."""
     groups = torch.cat(correct).float().view(-1, G).mean(1)  # (N,) each group's accuracy
     all_correct, all_wrong = (
         float((groups == 1).float().mean()),
@@ -254,8 +262,21 @@ def _at_gen_cap(on_cap: str, n_kept: int, want: int, n_batches: int, correct, G:
         raise Converged(f"converged: {found}: the model has learned this data")
     partial = ", or --set train.on_gen_cap=continue to train on partial batches"
     raise DapoError(
-        f"{found}; use data nearer the model's level or raise the cap (--set "
+        f"{found}{diagnosis()}; use data nearer the model's level or raise the cap (--set "
         f"train.max_num_gen_batches=0 for no cap){partial if on_cap == 'error' else ''}"
+    )
+
+
+def _no_signal_diagnosis(policy: Policy, rollout: Rollout) -> str:
+    """What the last generation batch looked like: how many responses had an answer line the
+    verifiers read, one response, and what usually fixes a batch with no signal."""
+    texts = rollout.response_texts(policy.tokenizer)
+    parsed = sum(extract_answer(text) is not None for text in texts)
+    example = " ".join(texts[0].split())[:80] if texts else ""
+    return (
+        f"; {parsed} of {len(texts)} responses of the last batch had an 'Answer:' line "
+        f"(e.g. {example!r}); fixes: a system prompt asking for 'Answer: ...' (--system), a "
+        "warm start (dapo sft), a reward that reads this model's answers (--reward)"
     )
 
 

@@ -103,9 +103,17 @@ def test_dynamic_sampling_cap_says_what_to_change(tmp_path, data_file):
     never = tmp_path / "never.jsonl"
     never.write_text("".join(json.dumps({**r, "task_type": "test-never"}) + "\n" for r in rows))
     cfg = make_config(tmp_path, never, "train.max_num_gen_batches=3", "train.on_gen_cap=error")
-    with pytest.raises(DapoError, match=r"found 0 of 2 prompts.*in 3 generation batches.*"
-                       r"100% all-wrong.*max_num_gen_batches=0.*on_gen_cap=continue"):  # fmt: skip
+    expected = (r"found 0 of 2 prompts.*in 3 generation batches.*100% all-wrong"
+                r".*max_num_gen_batches=0.*on_gen_cap=continue")  # fmt: skip
+    with pytest.raises(DapoError, match=expected) as err:
         run_training(cfg)
+    # what the responses looked like, and the fixes (one line)
+    message = str(err.value)
+    assert "\n" not in message
+    assert re.search(
+        r"; \d+ of 16 responses of the last batch had an 'Answer:' line \(e\.g\. '", message
+    )
+    assert "--system" in message and "dapo sft" in message and "--reward" in message
     store = Store(tmp_path / "d.db", create=False)
     assert store.runs("train")[-1]["status"] == "failed"
 
