@@ -101,8 +101,9 @@ def _rows(source: str, split: str, hub_config: str | None):
     try:
         return datasets.load_dataset(source, hub_config, split=split)
     except Exception as exc:  # noqa: BLE001
+        named = f"{source} (configuration {hub_config})" if hub_config else source
         raise DapoError(
-            f"{source}: not found as a file or folder, and the Hugging Face Hub could not "
+            f"{named}: not found as a file or folder, and the Hugging Face Hub could not "
             f"give it ({_first_line(exc)}); without a network, save it with "
             "datasets' save_to_disk where there is one and pass that folder"
         ) from None

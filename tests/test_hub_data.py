@@ -115,13 +115,15 @@ def test_a_hub_id_without_a_network_is_one_line_and_exit_1(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "dapo_cli", "eval", "--model", "tiny-1m", "--data",
-         "nobody-here/no-such-dataset", "--data-format", "gsm8k", "--db-path",
+         "nobody-here/no-such-dataset", "--data-format", "gsm8k", "--data-config", "main",
+         "--db-path",
          str(tmp_path / "d.db")],
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Hugging Face Hub could not give it" in lines[0], lines
+    assert "nobody-here/no-such-dataset (configuration main)" in lines[0]
     assert "save_to_disk" in lines[0]
 
 

@@ -43,6 +43,9 @@ def eval_(
         str,
         typer.Option(help="Where prompt and answer are: dapo, gsm8k, math, dapo-math-17k."),
     ] = "dapo",
+    data_config: Annotated[
+        str | None, typer.Option(help="The Hub dataset's configuration name (e.g. main).")
+    ] = None,
     system: Annotated[
         str | None,
         typer.Option(help="System prompt, through the chat template (as in training)."),
@@ -89,7 +92,7 @@ def eval_(
     )
     evaluate_and_show(
         model, data, db_path, settings, parse_csv_option(task_types), output, as_json,
-        data_format,
+        data_format, data_config,
     )  # fmt: skip
 
 
@@ -102,9 +105,12 @@ def evaluate_and_show(
     output: Path | None = None,
     as_json: bool = False,
     data_format: str = "dapo",
+    data_config: str | None = None,
 ) -> None:
     """``dapo eval``'s work and output (also the quickstart's stage 4)."""
-    results = run_eval(models, data, db_path, settings, task_types, output, as_json, data_format)
+    results = run_eval(
+        models, data, db_path, settings, task_types, output, as_json, data_format, data_config
+    )
     if as_json:
         return
     n, prompts = settings.samples_per_prompt, prompts_of(results)
@@ -122,13 +128,14 @@ def run_eval(
     output: Path | None = None,
     as_json: bool = False,
     data_format: str = "dapo",
+    data_config: str | None = None,
 ) -> list[dict[str, Any]]:
     """Load the samples, evaluate every model with a progress bar (on stderr with --json),
     write the per-sample JSON and, with ``as_json``, print the summary; returns the results."""
     settings.check()
     samples, _ = load_samples(
         data, db_path, split=settings.split, task_types=task_types, limit=settings.limit,
-        fmt=data_format,
+        fmt=data_format, hub_config=data_config,
     )  # fmt: skip
     from dapo_cli.rewards import require_sandbox_for
 

@@ -104,6 +104,9 @@ def train(
     ] = None,
     data: Annotated[str | None, typer.Option(help=DATA_HELP + " Its train split is used.")] = None,
     data_format: Annotated[str | None, typer.Option(help=FORMAT_HELP)] = None,
+    data_config: Annotated[
+        str | None, typer.Option(help="The Hub dataset's configuration (data.hub_config).")
+    ] = None,
     system: Annotated[
         str | None, typer.Option(help="System prompt before every prompt (data.system_prompt).")
     ] = None,
@@ -144,7 +147,8 @@ def train(
     overrides = list(set_ or [])
     flags = {
         "model.name": model, "data.path": data, "data.format": data_format,
-        "data.system_prompt": system, "reward.function": reward, "train.steps": steps,
+        "data.hub_config": data_config, "data.system_prompt": system, "reward.function": reward,
+        "train.steps": steps,
         "rollout.group_size": group_size, "train.lr": lr, "train.seed": seed,
         "output.output_dir": output_dir, "output.db_path": db_path,
     }  # fmt: skip
@@ -204,6 +208,9 @@ SFT_EXAMPLE = "Example: dapo sft --data data/dataset.jsonl --steps 400 --output 
 def sft(
     data: Annotated[str, typer.Option(help=DATA_HELP + " Its train split is used.")],
     data_format: Annotated[str, typer.Option(help=FORMAT_HELP)] = "dapo",
+    data_config: Annotated[
+        str | None, typer.Option(help="The Hub dataset's configuration name (e.g. main).")
+    ] = None,
     system: Annotated[
         str | None,
         typer.Option(help="System prompt, through the chat template (as in training)."),
@@ -222,7 +229,7 @@ def sft(
     """Supervised fine-tuning on prompt → reference answer (loss on the answer tokens): the
     warm start that teaches a model the answer format before RL. Works on any causal LM."""
     settings = SftSettings(steps, batch_size, lr, seed, system)
-    run_sft_command(data, model, output, settings, db_path, data_format)
+    run_sft_command(data, model, output, settings, db_path, data_format, data_config)
 
 
 def run_sft_command(
@@ -232,13 +239,14 @@ def run_sft_command(
     settings: SftSettings,
     db_path: Path | None,
     data_format: str = "dapo",
+    data_config: str | None = None,
 ) -> None:
     """``dapo sft`` with a progress bar, its outcome in one line (the quickstart's stage 2)."""
     from dapo_cli.samples import load_samples
     from dapo_cli.sft import run_sft
 
     settings.check()
-    samples, _ = load_samples(data, split="train", fmt=data_format)
+    samples, _ = load_samples(data, split="train", fmt=data_format, hub_config=data_config)
     quiet_transformers()
     with _progress() as progress:
         bar = progress.add_task("sft", total=settings.steps, info="")
