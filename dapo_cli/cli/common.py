@@ -7,7 +7,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +20,23 @@ console = Console(quiet=os.environ.get("RANK", "0") != "0")
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Options that train, sft and eval share (the same words in every --help)
+DATA_HELP = (
+    "Samples: a .jsonl/.csv/.parquet file, a datasets save_to_disk folder, or a Hub id (org/name)."
+)
+FORMAT_HELP = (
+    "Where prompt and answer are in --data's rows: dapo (this project's records), gsm8k, "
+    "math, dapo-math-17k [default: dapo]."
+)
+DataFormatOption = Annotated[str | None, typer.Option(help=FORMAT_HELP)]
+DataConfigOption = Annotated[
+    str | None, typer.Option(help="The Hub dataset's configuration (data.hub_config), e.g. main.")
+]
+SystemOption = Annotated[
+    str | None,
+    typer.Option(help="System prompt before every prompt, through the chat template."),
+]
 
 
 class _State:

@@ -11,7 +11,17 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dapo_cli.cli.common import console, err_console, parse_csv_option, print_whole, user_errors
+from dapo_cli.cli.common import (
+    DATA_HELP,
+    DataConfigOption,
+    DataFormatOption,
+    SystemOption,
+    console,
+    err_console,
+    parse_csv_option,
+    print_whole,
+    user_errors,
+)
 from dapo_cli.config import EvalSettings
 from dapo_cli.records import atomic_file
 from dapo_cli.samples import load_samples
@@ -32,24 +42,10 @@ def eval_(
         list[str],
         typer.Option(help="Model path or HF id (repeat to compare; 'tiny-1m' = embedded base)."),
     ],
-    data: Annotated[
-        str | None,
-        typer.Option(
-            help="Samples: a .jsonl/.csv/.parquet file, a datasets save_to_disk folder, or a "
-            "Hub id (org/name)."
-        ),
-    ] = None,
-    data_format: Annotated[
-        str,
-        typer.Option(help="Where prompt and answer are: dapo, gsm8k, math, dapo-math-17k."),
-    ] = "dapo",
-    data_config: Annotated[
-        str | None, typer.Option(help="The Hub dataset's configuration name (e.g. main).")
-    ] = None,
-    system: Annotated[
-        str | None,
-        typer.Option(help="System prompt, through the chat template (as in training)."),
-    ] = None,
+    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
+    data_format: DataFormatOption = None,
+    data_config: DataConfigOption = None,
+    system: SystemOption = None,
     db_path: Annotated[
         Path | None, typer.Option(help="SQLite store: samples (without --data) and results.")
     ] = None,
@@ -90,33 +86,10 @@ def eval_(
     settings = EvalSettings(
         split, k, temperature, top_p, greedy, max_new_tokens, seed, limit, system
     )
-    evaluate_and_show(
+    run_eval(
         model, data, db_path, settings, parse_csv_option(task_types), output, as_json,
         data_format, data_config,
     )  # fmt: skip
-
-
-def evaluate_and_show(
-    models: list[str],
-    data: str | Path | None,
-    db_path: Path | None,
-    settings: EvalSettings,
-    task_types: list[str] | None = None,
-    output: Path | None = None,
-    as_json: bool = False,
-    data_format: str = "dapo",
-    data_config: str | None = None,
-) -> None:
-    """``dapo eval``'s work and output (also the quickstart's stage 4)."""
-    results = run_eval(
-        models, data, db_path, settings, task_types, output, as_json, data_format, data_config
-    )
-    if as_json:
-        return
-    n, prompts = settings.samples_per_prompt, prompts_of(results)
-    print_whole(comparison_table(results, n, settings.split, prompts))
-    if output is not None:
-        console.print(f"per-sample results: {output}")
 
 
 def run_eval(
@@ -127,15 +100,17 @@ def run_eval(
     task_types: list[str] | None = None,
     output: Path | None = None,
     as_json: bool = False,
-    data_format: str = "dapo",
+    data_format: str | None = None,
     data_config: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Load the samples, evaluate every model with a progress bar (on stderr with --json),
-    write the per-sample JSON and, with ``as_json``, print the summary; returns the results."""
+    """``dapo eval``'s work and output (also the quickstart's stage 4): load the samples,
+    evaluate every model with a progress bar (on stderr with --json), write the per-sample
+    JSON, print the comparison table (the summary as JSON with ``as_json``); returns the
+    results."""
     settings.check()
     samples, _ = load_samples(
         data, db_path, split=settings.split, task_types=task_types, limit=settings.limit,
-        fmt=data_format, hub_config=data_config,
+        fmt=data_format or "dapo", hub_config=data_config,
     )  # fmt: skip
     from dapo_cli.rewards import require_sandbox_for
 
@@ -165,6 +140,11 @@ def run_eval(
     if as_json:
         brief = [{k: v for k, v in r.items() if k != "samples"} for r in results]
         typer.echo(json.dumps({"settings": recorded, "models": brief}, ensure_ascii=False))
+        return results
+    n, prompts = settings.samples_per_prompt, prompts_of(results)
+    print_whole(comparison_table(results, n, settings.split, prompts))
+    if output is not None:
+        console.print(f"per-sample results: {output}")
     return results
 
 

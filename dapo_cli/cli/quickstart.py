@@ -138,7 +138,7 @@ def quickstart(  # long for its options and five stages, each a few lines, top t
                                  "--db-path", str(db_path), "--k", str(k), "--limit",
                                  str(eval_prompts), "--output", str(results)])  # fmt: skip
     evaluation = EvalSettings(k=k, seed=seed, limit=eval_prompts)
-    eval_cmd.evaluate_and_show([str(warm), str(final)], None, db_path, evaluation, None, results)
+    eval_cmd.run_eval([str(warm), str(final)], None, db_path, evaluation, None, results)
     times["evaluation"] = time.perf_counter() - t
     total = time.perf_counter() - started
 

@@ -9,19 +9,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dapo_cli.cli.common import console, print_whole, user_errors
+from dapo_cli.cli.common import (
+    DATA_HELP,
+    DataConfigOption,
+    DataFormatOption,
+    SystemOption,
+    console,
+    print_whole,
+    user_errors,
+)
 from dapo_cli.config import SftSettings, load_config
 from dapo_cli.observer import TrainObserver
 
 app = typer.Typer()
 SFT = SftSettings()
-DATA_HELP = (
-    "Samples: a .jsonl/.csv/.parquet file, a datasets save_to_disk folder, or a Hub id (org/name)."
-)
-FORMAT_HELP = (
-    "Where prompt and answer are in --data's rows: dapo (this project's records), gsm8k, "
-    "math, dapo-math-17k."
-)
 
 _STEP_FIELDS = (
     ("reward", "reward_mean", "{:+.2f}"),
@@ -103,13 +104,9 @@ def train(
         typer.Option(help="HF model id or local path; default: the embedded tiny model."),
     ] = None,
     data: Annotated[str | None, typer.Option(help=DATA_HELP + " Its train split is used.")] = None,
-    data_format: Annotated[str | None, typer.Option(help=FORMAT_HELP)] = None,
-    data_config: Annotated[
-        str | None, typer.Option(help="The Hub dataset's configuration (data.hub_config).")
-    ] = None,
-    system: Annotated[
-        str | None, typer.Option(help="System prompt before every prompt (data.system_prompt).")
-    ] = None,
+    data_format: DataFormatOption = None,
+    data_config: DataConfigOption = None,
+    system: SystemOption = None,
     reward: Annotated[
         str | None,
         typer.Option(
@@ -207,14 +204,9 @@ SFT_EXAMPLE = "Example: dapo sft --data data/dataset.jsonl --steps 400 --output 
 @user_errors
 def sft(
     data: Annotated[str, typer.Option(help=DATA_HELP + " Its train split is used.")],
-    data_format: Annotated[str, typer.Option(help=FORMAT_HELP)] = "dapo",
-    data_config: Annotated[
-        str | None, typer.Option(help="The Hub dataset's configuration name (e.g. main).")
-    ] = None,
-    system: Annotated[
-        str | None,
-        typer.Option(help="System prompt, through the chat template (as in training)."),
-    ] = None,
+    data_format: DataFormatOption = None,
+    data_config: DataConfigOption = None,
+    system: SystemOption = None,
     model: Annotated[
         str | None,
         typer.Option(help="HF model id or local path; default: the embedded tiny model."),
@@ -238,7 +230,7 @@ def run_sft_command(
     output: Path,
     settings: SftSettings,
     db_path: Path | None,
-    data_format: str = "dapo",
+    data_format: str | None = None,
     data_config: str | None = None,
 ) -> None:
     """``dapo sft`` with a progress bar, its outcome in one line (the quickstart's stage 2)."""
@@ -246,7 +238,9 @@ def run_sft_command(
     from dapo_cli.sft import run_sft
 
     settings.check()
-    samples, _ = load_samples(data, split="train", fmt=data_format, hub_config=data_config)
+    samples, _ = load_samples(
+        data, split="train", fmt=data_format or "dapo", hub_config=data_config
+    )
     quiet_transformers()
     with _progress() as progress:
         bar = progress.add_task("sft", total=settings.steps, info="")
