@@ -37,7 +37,7 @@ WORKER_FLAG = "--worker"
 def worker(spec: dict[str, Any]) -> None:
     """One rank of one mode (run under torch.distributed.run)."""
     from dapo_cli.policy import load_policy
-    from dapo_cli.scale import sharding
+    from dapo_cli.scale import trained_model
     from dapo_cli.scale.distributed import from_env
 
     dist = from_env()
@@ -45,7 +45,7 @@ def worker(spec: dict[str, Any]) -> None:
                           f"train.parallelism={spec['mode']}")  # fmt: skip
     policy = load_policy(spec["model_dir"])
     dist.broadcast_params(policy.model)
-    trained = sharding.prepare_trained(
+    trained = trained_model.prepare_trained(
         policy.model,
         dist,
         parallelism=config.train.parallelism,

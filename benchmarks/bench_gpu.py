@@ -9,13 +9,13 @@ Needs a CUDA GPU (exits with a message otherwise). In one process it measures:
    generates exactly ``max_new_tokens``; both under ``torch.inference_mode()``; one warm-up
    each, then alternating repeats; CUDA synchronised before each clock read). Two more rows
    sample as a training step does, with other prompts on every call (``repeat=G``), once as
-   ``dapo train`` runs (SDPA's cuDNN backend off, see ``rollout.AVOID_CUDNN_ATTENTION``) and
+   ``dapo train`` runs (SDPA's cuDNN backend off, see ``rollout.attention_backends``) and
    once with it allowed. Models: the
    embedded ``tiny-10m`` (fp32) and a random-init Qwen2.5-0.5B-shaped model (bf16, the dtype
    ``model.dtype=auto`` picks on a bf16-capable GPU), at several batch sizes.
 3. **DAPO steps** of the 0.5B-shaped model in bf16 (``trainer.dapo_step``: sample, score,
    update), trained as ``dapo train`` trains it: fp32 master weights under bf16 autocast
-   (``sharding.prepare_trained``), gradient checkpointing, micro-batches. Reports the median
+   (``trained_model.prepare_trained``), gradient checkpointing, micro-batches. Reports the median
    step time of the steps after the first, the generation share, peak GPU memory
    (``torch.cuda.max_memory_allocated``), and checks that the update moved the bf16 rollout
    weights (the fp32 master copy is copied back into them after every step).
@@ -190,13 +190,16 @@ def bench_rollouts(name: str, policy, args, peaks: dict[str, float]) -> list[dic
             return timed_ours_new_prompts(policy, chunk, group, stop_ids, max_new, seed)
 
         def new_prompts_cudnn(*a, **k):  # the same, with SDPA's cuDNN backend allowed
+            import contextlib
+
             from dapo_cli import rollout
 
-            rollout.AVOID_CUDNN_ATTENTION = False
+            avoiding = rollout.attention_backends
+            rollout.attention_backends = lambda device: contextlib.nullcontext()
             try:
                 return new_prompts(*a, **k)
             finally:
-                rollout.AVOID_CUDNN_ATTENTION = True
+                rollout.attention_backends = avoiding
 
         runners = {"ours": timed_ours, "generate": timed_generate, "ours_new_prompts": new_prompts,
                    "ours_new_prompts_cudnn": new_prompts_cudnn}  # fmt: skip
@@ -230,7 +233,7 @@ def bench_rollouts(name: str, policy, args, peaks: dict[str, float]) -> list[dic
 def bench_steps(model_dir: Path, args) -> dict[str, Any]:
     from dapo_cli.policy import load_policy
     from dapo_cli.scale.distributed import SINGLE
-    from dapo_cli.scale.sharding import prepare_trained
+    from dapo_cli.scale.trained_model import prepare_trained
 
     G, length = args.group, args.max_new_tokens
     config = bench_config(G, length, args.prompts, args.micro, "train.lr=1e-6")

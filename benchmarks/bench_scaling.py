@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from dapo_cli.policy import load_policy
     from dapo_cli.scale.distributed import SINGLE
-    from dapo_cli.scale.sharding import prepare_trained
+    from dapo_cli.scale.trained_model import prepare_trained
 
     config = bench_config(spec["group"], spec["length"], spec["prompts"], spec["micro"])
     policy = load_policy(spec["model_dir"])

@@ -271,16 +271,15 @@ def _keep_logits_kwargs(model, n: int) -> dict:
 # shape; decoding meets a new key length at every token, and every training step brings other
 # prompts (other padded lengths), so the plans are rarely reused. On an H100, generation
 # inside a DAPO step ran 4x slower than the same sample() on prompts it had already seen
-# (benchmarks/README.md, "GPU"); these plans are the likely cause, not yet confirmed by a
-# profile (bench_gpu.py measures both ways). Flash, memory-efficient and math attention
-# need no plan.
-AVOID_CUDNN_ATTENTION = True
+# (docs/benchmarks.md, "GPU"); these plans are the likely cause, not yet confirmed by a
+# profile. Flash, memory-efficient and math attention need no plan, so leaving cuDNN out costs
+# nothing where the guess is wrong; bench_gpu.py measures both ways by replacing this function.
 
 
 def attention_backends(device: torch.device):
     """The SDPA backends sampling allows on ``device`` (a context manager): all but cuDNN's
-    on CUDA while AVOID_CUDNN_ATTENTION holds; the default everywhere else."""
-    if device.type != "cuda" or not AVOID_CUDNN_ATTENTION:
+    on CUDA; the default everywhere else."""
+    if device.type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -33,7 +33,7 @@ from dapo_cli.runlog import LoggedObserver, RunLog, log_path
 from dapo_cli.samples import load_samples as samples_from
 from dapo_cli.scale import checkpoint as ckpt
 from dapo_cli.scale.distributed import Dist, from_env
-from dapo_cli.scale.sharding import (
+from dapo_cli.scale.trained_model import (
     fsdp_options,
     is_sharded,
     load_optimizer_state,
@@ -318,7 +318,7 @@ def _model_source(config: Config, resume_from, samples, dist: Dist, observer) ->
 
 
 def _trained_module(config: Config, policy: Policy, source: str, resumed: bool, dist, observer):
-    """The module the optimiser updates (see scale/sharding.py): the policy's own model, an
+    """The module the optimiser updates (see scale/trained_model.py): the policy's own model, an
     fp32 master copy of a bf16/fp16 policy (a resumed run's saved fp32 weights), or an FSDP
     copy; said when it is not the policy's own."""
     fp32_weights = None
@@ -378,6 +378,11 @@ class MetricSinks:
             self.tensorboard.close()
 
 
+# What Run.state_dict keeps; a checkpoint without one of them cannot be resumed exactly.
+_STATE_KEYS = ("step", "run_id", "stream", "optimizer", "scheduler", "generators", "rng",
+               "torch_rng", "kl_reference")  # fmt: skip
+
+
 @dataclass
 class Run:
     """A training run, built by ``build_run``: ``step()`` takes one DAPO step and records
@@ -423,7 +428,7 @@ class Run:
         self.sinks.record(self.run_id, self.steps_done, self.config.train.steps, metrics)
         return metrics
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:  # its keys: _STATE_KEYS
         """The trainer state a checkpoint keeps (empty on ranks other than 0). A collective
         under several processes: every rank calls it."""
         generators = self.dist.gather(self.generator.get_state())
@@ -433,17 +438,23 @@ class Run:
         return {
             "step": self.steps_done, "run_id": self.run_id, "stream": self.stream.state_dict(),
             "optimizer": optim, "scheduler": self.scheduler.state_dict(),
-            "generator": generators[0], "generators": generators,  # every rank's, in order
+            "generators": generators,  # every rank's sampling stream, in rank order
             "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
             "kl_reference": self.reference_source,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [key for key in _STATE_KEYS if key not in state]
+        if missing:
+            raise DapoError(
+                f"--resume: the checkpoint's trainer state lacks {', '.join(missing)} (written "
+                "by an older dapo_cli); resume it with that version or start a new run"
+            )
         self.steps_done, self.run_id = state["step"], state["run_id"]
         load_optimizer_state(self.trained, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.stream.load_state_dict(state["stream"])
-        generators = state.get("generators", [state["generator"]])
+        generators = state["generators"]
         if len(generators) == self.dist.world:
             self.generator.set_state(generators[self.dist.rank])
         else:

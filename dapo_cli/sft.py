@@ -23,7 +23,7 @@ from dapo_cli.rollout import position_ids_from_mask
 from dapo_cli.runlog import RunLog, log_path
 from dapo_cli.scale.checkpoint import save_checkpoint
 from dapo_cli.scale.distributed import SINGLE
-from dapo_cli.scale.sharding import compute_context, prepare_trained, sync_weights
+from dapo_cli.scale.trained_model import compute_context, prepare_trained, sync_weights
 from dapo_cli.store import Store
 from dapo_cli.tasks import TASKS
 

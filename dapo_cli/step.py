@@ -39,7 +39,7 @@ from dapo_cli.rollout import (
     sequence_logprobs,
 )
 from dapo_cli.scale.distributed import SINGLE, Dist
-from dapo_cli.scale.sharding import compute_context, full_value, is_sharded, sync_weights
+from dapo_cli.scale.trained_model import compute_context, full_value, is_sharded, sync_weights
 from dapo_cli.tasks.base import extract_answer
 from dapo_cli.user_reward import call_reward, load_reward
 

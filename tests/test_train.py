@@ -98,6 +98,18 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, data_file):
         run_training(make_config(tmp_path, data_file), resume=True)
 
 
+def test_resume_from_a_state_missing_a_key_is_one_line(tmp_path, data_file):
+    """A trainer state written without one of the keys a resume needs (e.g. by an older
+    version) is refused in one line naming the key, not a KeyError."""
+    run_training(make_config(tmp_path, data_file))  # 3 steps, saved at step 2
+    state_file = tmp_path / "ck" / "step_000002" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    del state["generators"]
+    torch.save(state, state_file)
+    with pytest.raises(DapoError, match="lacks generators .*older dapo_cli"):
+        run_training(make_config(tmp_path, data_file, "train.steps=4"), resume=True)
+
+
 def test_dynamic_sampling_cap_says_what_to_change(tmp_path, data_file):
     rows = [json.loads(line) for line in data_file.read_text().splitlines()]
     never = tmp_path / "never.jsonl"

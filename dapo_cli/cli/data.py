@@ -48,6 +48,16 @@ def gen_data(
     Writes ONE file holding both splits: every record has a `split` field (train or test).
     No problem appears twice, so no prompt is shared between the splits.
     """
+    generate_file(
+        num_samples, output, parse_csv_option(task_types), seed, test_fraction, difficulty
+    )
+
+
+def generate_file(
+    num_samples: int, output: Path, task_types: list[str], seed: int, test_fraction: float,
+    difficulty: str,
+) -> None:  # fmt: skip
+    """``dapo gen-data``'s work and output (also the quickstart's first stage)."""
     file_format(output)  # fail on a bad extension before any work
     with Progress(
         TextColumn("[bold]generating"),
@@ -60,7 +70,7 @@ def gen_data(
         bar = progress.add_task("gen", total=num_samples)
         records = generate_dataset(
             num_samples,
-            parse_csv_option(task_types),
+            task_types,
             seed=seed,
             test_fraction=test_fraction,
             difficulty=difficulty,

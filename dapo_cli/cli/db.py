@@ -50,7 +50,11 @@ def init(db_path: DbPath = None) -> None:
 
     The database is in WAL mode, so a training run, an eval and a chat can write at once.
     """
-    path = resolve_db_path(db_path)
+    init_store(resolve_db_path(db_path))
+
+
+def init_store(path: Path) -> None:
+    """``dapo db init``'s work and output (also the quickstart's)."""
     with Store(path, migrate=False) as store:
         new = set(store.init())
         applied = store.migrations()
@@ -86,8 +90,13 @@ def import_(
     the file, line (or row) and the problem. A sample whose id is already in the database,
     or repeated in the file, is skipped and counted. Creates the database if needed.
     """
+    import_file(file, split, resolve_db_path(db_path))
+
+
+def import_file(file: Path, split: str | None, path: Path) -> None:
+    """``dapo db import``'s work and output (also the quickstart's)."""
     records = read_records(file, default_split=split or "train")  # validate before any write
-    with Store(resolve_db_path(db_path)) as store:
+    with Store(path) as store:
         inserted, skipped = store.import_samples(records, source=file.name)
     say(
         f"{escape(str(file))} -> {escape(str(store.path))}: [bold green]{inserted} inserted[/], "

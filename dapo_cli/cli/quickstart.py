@@ -16,7 +16,7 @@ import typer
 from rich.rule import Rule
 from rich.table import Table
 
-from dapo_cli.cli.common import console, print_whole, user_errors
+from dapo_cli.cli.common import console, parse_csv_option, print_whole, user_errors
 from dapo_cli.config import EvalSettings
 from dapo_cli.errors import DapoError
 
@@ -109,12 +109,11 @@ def quickstart(  # long for its options and five stages, each a few lines, top t
     t = _stage(1, "data", ["dapo", "gen-data", "--num-samples", str(num_samples),
                            "--task-types", task_types, "--difficulty", difficulty,
                            "--seed", str(seed), "--output", str(dataset)])  # fmt: skip
-    data.gen_data(num_samples=num_samples, output=dataset, task_types=task_types, seed=seed,
-                  test_fraction=0.1, difficulty=difficulty)  # fmt: skip
+    data.generate_file(num_samples, dataset, parse_csv_option(task_types), seed, 0.1, difficulty)
     db_argv = f"dapo db init --db-path {db_path}; dapo db import {dataset} --db-path {db_path}"
     console.print(f"[dim]$ {db_argv}[/dim]", soft_wrap=True)
-    db.init(db_path=db_path)
-    db.import_(file=dataset, split=None, db_path=db_path)
+    db.init_store(db_path)
+    db.import_file(dataset, None, db_path)
     times["data"] = time.perf_counter() - t
 
     sft_argv = ["dapo", "sft", "--data", str(dataset), "--steps", str(sft_steps),

@@ -1,3 +1,3 @@
 """Scale-out machinery: several processes (``distributed``), sharded parameters and mixed
-precision (``sharding``), checkpoints (``checkpoint``) and the optional vLLM sampler
+precision (``trained_model``), checkpoints (``checkpoint``) and the optional vLLM sampler
 (``vllm_engine``). The algorithm does not depend on any of it."""

@@ -22,15 +22,17 @@ def run_update(batch_file: str, model_dir: str, out: str, overrides: str) -> Non
     from dapo_cli import step as one_step
     from dapo_cli.config import load_config
     from dapo_cli.policy import load_policy
-    from dapo_cli.scale import distributed, sharding
+    from dapo_cli.scale import distributed, trained_model
 
     dist = distributed.from_env()
     distributed.GRAD_BUCKET_BYTES = 64_000  # the embedded model's gradients in ~70 buckets
     config = load_config(None, json.loads(overrides))
     policy = load_policy(model_dir)
-    trained = sharding.prepare_trained(policy.model, dist, parallelism=config.train.parallelism)
-    if sharding.wants_fsdp(config.train.parallelism, dist):
-        assert sharding.is_sharded(trained)
+    trained = trained_model.prepare_trained(
+        policy.model, dist, parallelism=config.train.parallelism
+    )
+    if trained_model.wants_fsdp(config.train.parallelism, dist):
+        assert trained_model.is_sharded(trained)
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.train.lr)
     batch = torch.load(batch_file, weights_only=False)
@@ -40,7 +42,7 @@ def run_update(batch_file: str, model_dir: str, out: str, overrides: str) -> Non
     if dist.main:
         state = policy.model.state_dict()
         torch.save(
-            {"state": state, "metrics": metrics, "sharded": sharding.is_sharded(trained)}, out
+            {"state": state, "metrics": metrics, "sharded": trained_model.is_sharded(trained)}, out
         )
     dist.close()
 

@@ -210,28 +210,28 @@ def test_fsdp_under_accelerate_launch_trains_as_ddp_does(tmp_path, data_file):
 
 def test_fsdp_is_chosen_by_accelerate_or_the_config_and_reads_its_settings(monkeypatch):
     from dapo_cli.errors import DapoError
-    from dapo_cli.scale import sharding
+    from dapo_cli.scale import trained_model
 
     for name in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_RESHARD_AFTER_FORWARD",
                  "FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     two = Dist(rank=0, world=2)
-    assert not sharding.wants_fsdp("auto", two) and sharding.wants_fsdp("fsdp", two)
+    assert not trained_model.wants_fsdp("auto", two) and trained_model.wants_fsdp("fsdp", two)
     one = Dist()  # FSDP over one process too (accelerate launch --num_processes 1)
-    assert sharding.wants_fsdp("fsdp", one) and not sharding.wants_fsdp("auto", one)
+    assert trained_model.wants_fsdp("fsdp", one) and not trained_model.wants_fsdp("auto", one)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets
-    assert sharding.wants_fsdp("auto", two) and not sharding.wants_fsdp("ddp", two)
-    assert sharding.wants_fsdp("auto", one)
-    assert sharding.fsdp_options() == {
+    assert trained_model.wants_fsdp("auto", two) and not trained_model.wants_fsdp("ddp", two)
+    assert trained_model.wants_fsdp("auto", one)
+    assert trained_model.fsdp_options() == {
         "reshard_after_forward": True, "offload_params": False, "activation_checkpointing": False
     }  # fmt: skip
     monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
     monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")
-    opts = sharding.fsdp_options()
+    opts = trained_model.fsdp_options()
     assert not opts["reshard_after_forward"] and opts["activation_checkpointing"]
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(DapoError, match="supports FSDP2 only"):
-        sharding.fsdp_options()
+        trained_model.fsdp_options()
 
 
 def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
