@@ -12,7 +12,7 @@ filtering off; fp32 AdamW; gradient checkpointing on unless ``--no-checkpointing
 
 Run from the repository root::
 
-    python -m benchmarks.bench_fsdp                      # 0.5B-shaped, 2 processes (~6 min)
+    python -m benchmarks.bench_fsdp                      # 0.5B-shaped, 2 processes (~10 min)
     python -m benchmarks.bench_fsdp --model tiny-1m --quick   # smoke run
 """
 

@@ -13,7 +13,7 @@ Needs a CUDA GPU (exits with a message otherwise). In one process it measures:
    once with it allowed. Models: the
    embedded ``tiny-10m`` (fp32) and a random-init Qwen2.5-0.5B-shaped model (bf16, the dtype
    ``model.dtype=auto`` picks on a bf16-capable GPU), at several batch sizes.
-3. **DAPO steps** of the 0.5B-shaped model in bf16 (``trainer.dapo_step``: sample, score,
+3. **DAPO steps** of the 0.5B-shaped model in bf16 (``step.dapo_step``: sample, score,
    update), trained as ``dapo train`` trains it: fp32 master weights under bf16 autocast
    (``trained_model.prepare_trained``), gradient checkpointing, micro-batches. Reports the median
    step time of the steps after the first, the generation share, peak GPU memory

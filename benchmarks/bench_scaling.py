@@ -2,7 +2,7 @@
 and micro-batch size; and one step of a Qwen2.5-0.5B-shaped model.
 
 Every configuration runs in its own subprocess (so its peak RSS is its own): it loads the
-model, runs ``--steps`` full DAPO steps (``trainer.dapo_step``: sample, score, update) on
+model, runs ``--steps`` full DAPO steps (``step.dapo_step``: sample, score, update) on
 generated medium math prompts, and reports the median step time of the steps after the
 first, the generation share, tokens, and the peak RSS (``ru_maxrss``) before the first step
 and at the end. The models are random-init (no warm start), so every response runs to

@@ -15,7 +15,7 @@ sampling on.
 
 Run from the repository root (needs ``pip install -e .[bench]`` for TRL)::
 
-    python -m benchmarks.bench_trl --ds-steps 3  # what benchmarks/README.md reports (26 min here)
+    python -m benchmarks.bench_trl --ds-steps 3  # adds the dynamic-sampling run
     python -m benchmarks.bench_trl --quick       # smoke run (75 s here, warm start cached)
 """
 

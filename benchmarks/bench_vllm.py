@@ -8,7 +8,7 @@ CPU; each pins its own torch). For each model size:
    ``rollout.sample(repeat=G)`` (the training path: one prefill per prompt, shared by its
    G rows) against ``VllmEngine.generate`` (vLLM's ``n=G`` with prefix caching), one
    warm-up each, then alternated; medians of ``--repeats``.
-2. **DAPO steps**: ``trainer.dapo_step`` with each engine on its own copy of the same
+2. **DAPO steps**: ``step.dapo_step`` with each engine on its own copy of the same
    model (same prompts, coin reward so that every group is mixed, dynamic sampling and
    overlong filtering off), steps alternated between the two, the first of each not
    counted; medians of the step time, of the rollout part (vLLM: sampling, the policy's

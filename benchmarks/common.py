@@ -116,7 +116,7 @@ def bench_config(group: int, length: int, prompts: int, micro: int, *extra: str)
 
 
 class DapoSteps:
-    """Full DAPO steps (``trainer.dapo_step``: sample, score, update ``trained``) on
+    """Full DAPO steps (``step.dapo_step``: sample, score, update ``trained``) on
     generated medium math prompts whose task is the coin ``reward``: ``alternate`` (every
     other response wins: each group half/half) or ``length`` (an even number of characters
     wins). Sampling draws from a generator on the policy's device, seeded ``rank``."""
