@@ -13,6 +13,8 @@ that pipeline when a folder's config says ``qwen2``, rather than reading ``token
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shutil
@@ -287,16 +289,20 @@ def resolve_model_source(
     embedded_size: str = DEFAULT_EMBEDDED_SIZE,
     cache_dir: str | os.PathLike | None = None,
 ) -> Path | str:
-    """A local folder (Path) or a hub id (str). None/empty and the embedded size names
-    (``tiny-1m``) give the embedded model's folder, built if needed; an existing local
-    folder wins over both."""
+    """A local folder or ``.gguf`` file (Path) or a hub id (str). None/empty and the embedded
+    size names (``tiny-1m``) give the embedded model's folder, built if needed; an existing
+    local path wins over both."""
     if not name_or_path:
         return embedded_base(embedded_size, cache_dir)
     name = str(name_or_path)
     path = Path(name).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
     if path.exists():
         if not (path / "config.json").is_file():
-            raise DapoError(f"{path} is not a Hugging Face model folder (no config.json)")
+            raise DapoError(
+                f"{path} is neither a Hugging Face model folder (no config.json) nor a .gguf file"
+            )
         return path
     if name in embedded_sizes():
         return embedded_base(name, cache_dir)
@@ -330,6 +336,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _from_pretrained(loader, source: Path | str, **kwargs):
     """``loader.from_pretrained(source)``, with user-fixable failures as DapoError."""
+    if isinstance(source, Path) and source.is_file():  # a .gguf file
+        return _from_gguf(loader, source, **kwargs)
     if isinstance(source, Path):
         try:
             return loader.from_pretrained(source, **kwargs)
@@ -351,6 +359,39 @@ def _from_pretrained(loader, source: Path | str, **kwargs):
             f"model {source!r} could not be loaded from the Hugging Face hub "
             f"({_first_line(exc)}); check the id or pass a local path"
         ) from exc
+
+
+def _from_gguf(loader, file: Path, **kwargs):
+    """A model or tokenizer from a GGUF file through transformers' GGUF loader. Quantized
+    weights are dequantized to ``dtype`` (training needs ordinary tensors), and the model
+    then carries no quantizer, so its checkpoints are ordinary ``save_pretrained`` folders."""
+    from transformers import GgufConfig
+
+    if loader is AutoModelForCausalLM:
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    try:
+        with _quiet_gguf_progress():
+            return loader.from_pretrained(file.parent, gguf_file=file.name, **kwargs)
+    except ImportError as exc:
+        raise DapoError(f"reading {file} needs the gguf package: {_first_line(exc)}") from exc
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise DapoError(f"could not load the GGUF model {file}: {_first_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def _quiet_gguf_progress():
+    """transformers' GGUF reader draws a plain tqdm bar over every tensor, outside its own
+    progress-bar switch; our commands print their own progress, and a log needs no bar."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

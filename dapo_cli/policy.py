@@ -30,8 +30,15 @@ class Policy:
 
     @property
     def stop_ids(self) -> list[int]:
-        """EOS first (what a supervised target ends with), then end-of-turn markers."""
+        """EOS first (what a supervised target ends with), then the other EOS ids of the
+        model's generation config (instruct models list several: end of text, end of turn),
+        then the end-of-turn markers of the chat formats we know."""
         ids = [int(self.tokenizer.eos_token_id)]
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if configured is not None:
+            for i in [configured] if isinstance(configured, int) else configured:
+                if int(i) not in ids:
+                    ids.append(int(i))
         vocab = self.tokenizer.get_vocab()
         ids += [vocab[t] for t in _END_OF_TURN if t in vocab and vocab[t] not in ids]
         return ids
