@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dapo_cli.errors import DapoError
+from dapo_cli.tasks.base import Scoring
 
 
 def _f(default: Any, help: str, paper: str | None = None, choices: tuple | None = None) -> Any:
@@ -142,6 +143,22 @@ class RewardConfig:
         "as fn(prompts, completions, **sample columns) -> one float or (float, correct) each "
         "(see dapo_cli/user_reward.py).",
     )
+    last_number: bool = _f(
+        Scoring.last_number,
+        "When a completion has no Answer: line and no \\boxed{}, take its last number as the "
+        "answer (math tasks).",
+    )
+    format_reward: float = _f(
+        Scoring.format_reward,
+        "Added to the verifiers' reward (not reward.function's) of every response whose final "
+        "answer can be extracted (an Answer: line or a \\boxed{}). correct, what dynamic "
+        "sampling and accuracy count, is unchanged: the verifier's verdict (for math, the "
+        "extracted answer is equivalent to the reference), never given for a format.",
+    )
+
+    def scoring(self) -> Scoring:
+        """The two reading options above, as scoring takes them."""
+        return Scoring(self.last_number, self.format_reward)
 
 
 @dataclass
@@ -256,6 +273,7 @@ class EvalSettings:
     seed: int = 0
     limit: int = 0  # at most this many prompts (0 = all)
     system: str | None = None  # the system prompt, as in training (data.system_prompt)
+    scoring: Scoring = field(default_factory=Scoring)  # reward.last_number, format_reward
 
     @property
     def samples_per_prompt(self) -> int:

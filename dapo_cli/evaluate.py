@@ -4,6 +4,7 @@ same batched sampler the trainer uses."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -21,7 +22,8 @@ from dapo_cli.rewards import score_batch
 from dapo_cli.rollout import Sampling, TorchSampler
 from dapo_cli.runlog import RunLog, log_path, metrics_text
 from dapo_cli.store import Store
-from dapo_cli.tasks.base import extract_answer
+from dapo_cli.tasks.answers import final_answer
+from dapo_cli.tasks.base import Scoring
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -54,19 +56,26 @@ def generate_and_score(
         prompts = policy.prompts_ids([s["prompt"] for s in chunk])
         rollout = TorchSampler().sample(policy, prompts, n, sampling, generator)
         texts = rollout.response_texts(policy.tokenizer)
-        scores = score_batch(chunk, texts, n)
+        scores = score_batch(chunk, texts, n, settings.scoring)
         lengths = rollout.lengths.tolist()
         truncated = rollout.truncated.tolist()
         for i, (text, s) in enumerate(zip(texts, scores, strict=True)):
             owner = chunk[i // n]
             rows.append({
                 "id": owner["id"], "task_type": owner["task_type"], "sample_index": i % n,
-                "completion": text, "extracted": extract_answer(text), "reward": s.reward,
-                "correct": s.correct, "length": lengths[i], "truncated": truncated[i],
+                "completion": text, "extracted": _extracted(text, settings.scoring),
+                "reward": s.reward, "correct": s.correct, "length": lengths[i],
+                "truncated": truncated[i],
             })  # fmt: skip
         if on_progress:
             on_progress(len(chunk))
     return rows
+
+
+def _extracted(text: str, scoring: Scoring) -> str | None:
+    """The final answer the math verifier reads in ``text`` (shown per sample)."""
+    found = final_answer(text, scoring.last_number)
+    return found[0] if found else None
 
 
 def summarize(rows: list[dict[str, Any]], k: int) -> dict[str, dict[str, float]]:
@@ -118,6 +127,8 @@ def evaluate_models(
     }  # fmt: skip
     if settings.system is not None:
         recorded["system"] = settings.system
+    if settings.scoring != Scoring():  # recorded when it changes what counts
+        recorded |= dataclasses.asdict(settings.scoring)
     policies = [(name, load_policy(name)) for name in models]
     for _, policy in policies:
         policy.system = settings.system

@@ -30,6 +30,7 @@ from typing import Any
 from dapo_cli.config import DATA_FORMATS
 from dapo_cli.errors import DapoError
 from dapo_cli.records import validate_record
+from dapo_cli.tasks.answers import last_boxed  # one reading of \boxed{}, the verifier's
 
 FORMATS = DATA_FORMATS
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet",
@@ -143,21 +144,6 @@ def gsm8k_answer(solution: str) -> str:
     if "####" not in solution:
         raise ValueError("the answer has no '####' line")
     return solution.rsplit("####", 1)[1].strip().replace(",", "")
-
-
-def last_boxed(solution: str) -> str:
-    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced."""
-    start = max(solution.rfind("\\boxed{"), solution.rfind("\\fbox{"))
-    if start < 0:
-        raise ValueError("the solution has no \\boxed{...}")
-    i = solution.index("{", start) + 1
-    depth, j = 1, i
-    while j < len(solution) and depth:
-        depth += {"{": 1, "}": -1}.get(solution[j], 0)
-        j += 1
-    if depth:
-        raise ValueError("the last \\boxed{ is not closed")
-    return solution[i : j - 1].strip()
 
 
 def user_turn(messages: Any) -> str:

@@ -40,7 +40,7 @@ from dapo_cli.rollout import (
 )
 from dapo_cli.scale.distributed import SINGLE, Dist
 from dapo_cli.scale.trained_model import compute_context, full_value, is_sharded, sync_weights
-from dapo_cli.tasks.base import extract_answer
+from dapo_cli.tasks.answers import has_final_answer
 from dapo_cli.user_reward import call_reward, load_reward
 
 
@@ -127,7 +127,7 @@ def score_responses(
             load_reward(config.reward.function), samples, texts, group_size
         )
     else:
-        scores = score_batch(samples, texts, group_size)
+        scores = score_batch(samples, texts, group_size, config.reward.scoring())
         rewards, right = [s.reward for s in scores], [s.correct for s in scores]
     reward = torch.tensor(rewards, dtype=torch.float32)  # (B,)
     correct = torch.tensor(right, dtype=torch.bool)  # (B,)
@@ -268,15 +268,16 @@ def _at_gen_cap(
 
 
 def _no_signal_diagnosis(policy: Policy, rollout: Rollout) -> str:
-    """What the last generation batch looked like: how many responses had an answer line the
-    verifiers read, one response, and what usually fixes a batch with no signal."""
+    """What the last generation batch looked like: how many responses gave a final answer
+    the verifiers read, one response, and what usually fixes a batch with no signal."""
     texts = rollout.response_texts(policy.tokenizer)
-    parsed = sum(extract_answer(text) is not None for text in texts)
+    parsed = sum(has_final_answer(text) for text in texts)
     example = " ".join(texts[0].split())[:80] if texts else ""
     return (
-        f"; {parsed} of {len(texts)} responses of the last batch had an 'Answer:' line "
-        f"(e.g. {example!r}); fixes: a system prompt asking for 'Answer: ...' (--system), a "
-        "warm start (dapo sft), a reward that reads this model's answers (--reward)"
+        f"; {parsed} of {len(texts)} responses of the last batch had an 'Answer:' line or a "
+        f"\\boxed{{}} (e.g. {example!r}); fixes: a system prompt asking for 'Answer: ...' "
+        "(--system), reward.last_number=true (math: a response's last number is its answer), "
+        "a warm start (dapo sft), a reward that reads this model's answers (--reward)"
     )
 
 

@@ -123,7 +123,9 @@ def test_dynamic_sampling_cap_says_what_to_change(tmp_path, data_file):
     message = str(err.value)
     assert "\n" not in message
     assert re.search(
-        r"; \d+ of 16 responses of the last batch had an 'Answer:' line \(e\.g\. '", message
+        r"; \d+ of 16 responses of the last batch had an 'Answer:' line or a \\boxed\{\} "
+        r"\(e\.g\. '",
+        message,
     )
     assert "--system" in message and "dapo sft" in message and "--reward" in message
     store = Store(tmp_path / "d.db", create=False)

@@ -25,6 +25,7 @@ from dapo_cli.cli.common import (
 from dapo_cli.config import EvalSettings
 from dapo_cli.records import atomic_file
 from dapo_cli.samples import load_samples
+from dapo_cli.tasks.base import Scoring
 
 app = typer.Typer()
 DEFAULTS = EvalSettings()
@@ -71,6 +72,14 @@ def eval_(
     seed: Annotated[
         int, typer.Option(help="Sampling seed (the same for every model).")
     ] = DEFAULTS.seed,
+    last_number: Annotated[
+        bool,
+        typer.Option(
+            "--last-number",
+            help="Math: an answer without Answer: or \\boxed{} is its last number "
+            "(reward.last_number).",
+        ),
+    ] = DEFAULTS.scoring.last_number,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print the summary as one JSON object on stdout, only that."),
@@ -84,8 +93,9 @@ def eval_(
     each with a plain-text log beside the store (logs/eval-RUN_ID.log).
     """
     settings = EvalSettings(
-        split, k, temperature, top_p, greedy, max_new_tokens, seed, limit, system
-    )
+        split, k, temperature, top_p, greedy, max_new_tokens, seed, limit, system,
+        Scoring(last_number=last_number),
+    )  # fmt: skip
     run_eval(
         model, data, db_path, settings, parse_csv_option(task_types), output, as_json,
         data_format, data_config,

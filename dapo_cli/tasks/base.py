@@ -1,5 +1,6 @@
-"""What every task shares: the score object, answer extraction and normalisation, and the
-``Task`` interface (a generator of verifiable samples plus the verifier that checks them).
+"""What every task shares: the score object and the scoring options, answer extraction and
+normalisation, and the ``Task`` interface (a generator of verifiable samples plus the
+verifier that checks them).
 
 A sample is a plain dict::
 
@@ -25,9 +26,12 @@ ANSWER_INSTRUCTION = "Give your final answer after 'Answer:'."
 DIFFICULTIES = ("easy", "medium", "hard")
 
 # The last "Answer:" wins (Minerva style); the marker is matched case-insensitively.
-_ANSWER_MARKER = re.compile(r"answer\s*:", re.IGNORECASE)
+ANSWER_MARKER = re.compile(r"answer\s*:", re.IGNORECASE)
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+# At most three exponent digits, and no longer number is normalised: int() takes minutes to
+# write out "1e999999", and str() refuses an int of more than 4300 digits.
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?$")
+_MAX_NUMBER_CHARS = 100
 # Decoration a model may put around an answer that never changes its meaning.
 _WRAPPERS = ("**", "__", "`", '"', "'", "$")
 
@@ -50,12 +54,23 @@ class Score:
         return cls(1.0 if correct else -1.0, bool(correct), details)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How responses are read and rewarded beyond each task's verifier (``rewards.score``):
+    ``reward.last_number`` and ``reward.format_reward`` of a training run (their meaning is
+    documented there, in dapo_cli/config.py), the same for ``dapo eval``. These defaults (both
+    off) are those settings' defaults."""
+
+    last_number: bool = False
+    format_reward: float = 0.0
+
+
 def extract_answer(completion: str) -> str | None:
     """The text after the **last** ``Answer:`` up to the end of that line, or None.
 
     An empty answer (``"Answer:"`` with nothing after it on the line) is None too.
     """
-    matches = list(_ANSWER_MARKER.finditer(completion))
+    matches = list(ANSWER_MARKER.finditer(completion))
     if not matches:
         return None
     rest = completion[matches[-1].end() :].strip()
@@ -82,7 +97,7 @@ def normalize_answer(text: str) -> str:
 
 def _normalize_number(s: str) -> str:
     candidate = s.replace(",", "") if _THOUSANDS.match(s) else s
-    if not _NUMBER.match(candidate):
+    if len(candidate) > _MAX_NUMBER_CHARS or not _NUMBER.match(candidate):
         return s
     try:
         value = Decimal(candidate)
@@ -138,6 +153,14 @@ class Task(ABC):
     @abstractmethod
     def verify(self, sample: Mapping[str, Any], completion: str) -> Score:
         """Score ``completion`` against ``sample`` (which has ``answer`` and ``verify``)."""
+
+    def verify_with(
+        self, sample: Mapping[str, Any], completion: str, *, last_number: bool
+    ) -> Score:
+        """:meth:`verify` under a run's answer-reading options: ``last_number`` (take the last
+        number of a completion without ``Answer:`` or ``\\boxed{}``, ``reward.last_number``).
+        Tasks whose answers are not numbers ignore it, as here."""
+        return self.verify(sample, completion)
 
     def check_verify(self, verify: Mapping[str, Any]) -> str | None:
         """Return a problem description if ``verify`` lacks what :meth:`verify` needs."""

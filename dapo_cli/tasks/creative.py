@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dapo_cli.tasks.base import ANSWER_INSTRUCTION, Score, Task
+from dapo_cli.tasks.base import ANSWER_INSTRUCTION, ANSWER_MARKER, Score, Task
 from dapo_cli.tasks.templates import load_template
 
 # (required words, smallest lower bound, largest lower bound, range width, chance of a title)
@@ -25,14 +25,13 @@ _LEVELS = {
     "medium": (3, 40, 80, 40, 0.5),
     "hard": (4, 50, 90, 25, 1.0),
 }
-_ANSWER_MARKER = re.compile(r"answer\s*:", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*")
 _TITLE = re.compile(r"^[#*_\s]*title\s*:\s*\S", re.IGNORECASE)
 
 
 def extract_piece(completion: str) -> str | None:
     """Everything after the last ``Answer:`` (all lines), stripped; None without a marker."""
-    markers = list(_ANSWER_MARKER.finditer(completion))
+    markers = list(ANSWER_MARKER.finditer(completion))
     return completion[markers[-1].end() :].strip() if markers else None
 
 

@@ -5,6 +5,11 @@ easy = a sum or difference of two one-digit numbers; medium = a sum or differenc
 numbers up to two digits; hard = two to four operations on numbers up to three digits,
 products and parentheses included. The answer is computed by integer arithmetic, so it is
 exact; division is never used, so every answer is an integer.
+
+The verifier reads answers as :mod:`dapo_cli.tasks.answers` does for every maths dataset
+(GSM8K, MATH, DAPO-Math-17k map to this task type): the last ``Answer:`` line or
+``\\boxed{}`` (or, with ``reward.last_number``, the last number), equal to the reference as
+a number or, for a LaTeX reference, symbolically.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from dapo_cli.tasks.base import ANSWER_INSTRUCTION, Score, Task, exact_match
+from dapo_cli.tasks.answers import math_match
+from dapo_cli.tasks.base import ANSWER_INSTRUCTION, Score, Task
 from dapo_cli.tasks.templates import load_template
 
 # (number of operations, largest operand, operators allowed)
@@ -148,7 +154,12 @@ class MathTask(Task):
         return "".join(sample["verify"]["expression"].split())
 
     def verify(self, sample: Mapping[str, Any], completion: str) -> Score:
-        return exact_match(completion, str(sample["answer"]))
+        return math_match(completion, str(sample["answer"]))  # no last-number fallback
+
+    def verify_with(
+        self, sample: Mapping[str, Any], completion: str, *, last_number: bool
+    ) -> Score:
+        return math_match(completion, str(sample["answer"]), last_number)
 
     def format_reference(self, sample: Mapping[str, Any]) -> str:
         return worked_solution(sample["verify"]["expression"])
