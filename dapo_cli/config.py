@@ -46,6 +46,19 @@ class ModelConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
 
 
+@dataclass
+class LoraSettings:
+    """Low-rank adapters (peft): only the adapters train; checkpoints hold them alone."""
+
+    r: int = _f(0, "LoRA rank; 0 = full fine-tuning. 8-64 is usual.")
+    alpha: float = _f(32.0, "LoRA scale numerator: the update is (alpha / r) * B A.")
+    target_modules: str = _f(
+        "all-linear",
+        "Comma-separated module names to adapt (e.g. q_proj,v_proj), or all-linear: every "
+        "linear layer but the output head, whatever the architecture.",
+    )
+
+
 DATA_FORMATS = ("dapo", "gsm8k", "math", "dapo-math-17k", "fields")  # see hub_data.py
 
 
@@ -229,6 +242,7 @@ class OutputConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -289,6 +303,7 @@ class EvalSettings:
 
 SECTION_HELP = {
     "model": "Which model to train and where it runs.",
+    "lora": "LoRA adapters (peft) instead of training every weight.",
     "data": "Where the training samples come from.",
     "rollout": "Sampling responses from the policy.",
     "algorithm": "The DAPO techniques; each is a switch, so plain GRPO is a configuration.",
@@ -409,6 +424,18 @@ def validate(config: Config) -> Config:
             "(with algorithm.soft_overlong_punishment on)",
         ),
         (a.kl_coef >= 0, "algorithm.kl_coef must be >= 0"),
+        (config.lora.r >= 0 and config.lora.alpha > 0, "lora.r must be >= 0, lora.alpha > 0"),
+        (
+            config.lora.r == 0 or r.engine != "vllm",
+            "lora.r > 0 with rollout.engine=vllm is not supported (the engine copies whole "
+            "weights); use rollout.engine=torch",
+        ),
+        (
+            config.lora.r == 0 or config.warm_start.enabled != "on" or not config.model.name,
+            "lora.r > 0 with warm_start.enabled=on for a named model is not supported (the "
+            "adapter's base would exist only in memory); warm-start with dapo sft first and "
+            "train the adapter on its output",
+        ),
         (config.warm_start.steps >= 1, "warm_start.steps must be at least 1"),
         (config.warm_start.batch_size >= 1, "warm_start.batch_size must be at least 1"),
         (config.output.save_every >= 0, "output.save_every must be >= 0"),

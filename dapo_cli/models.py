@@ -299,9 +299,10 @@ def resolve_model_source(
     if path.is_file() and path.suffix.lower() == ".gguf":
         return path
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise DapoError(
-                f"{path} is neither a Hugging Face model folder (no config.json) nor a .gguf file"
+                f"{path} is neither a Hugging Face model folder (no config.json), a LoRA adapter "
+                "(no adapter_config.json) nor a .gguf file"
             )
         return path
     if name in embedded_sizes():
@@ -412,17 +413,27 @@ def load_model_and_tokenizer(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     cache_dir: str | os.PathLike | None = None,
+    trainable_adapter: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer, on ``device`` in ``dtype``.
 
-    ``name_or_path``: a local folder, a Hugging Face hub id, an embedded size name, or
-    None for the embedded ``embedded_size`` model (built offline on first use, under
-    ``cache_dir``/``$DAPO_HOME``/``./models``).
+    ``name_or_path``: a local folder or ``.gguf`` file, a Hugging Face hub id, an embedded
+    size name, or None for the embedded ``embedded_size`` model (built offline on first use,
+    under ``cache_dir``/``$DAPO_HOME``/``./models``). A LoRA adapter folder gives its base
+    model with the adapter merged in, or, with ``trainable_adapter``, still trainable.
     """
+    from dapo_cli import lora
+
     source = resolve_model_source(name_or_path, embedded_size, cache_dir)
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     tokenizer = prepare_tokenizer(_from_pretrained(AutoTokenizer, source))
+    if isinstance(source, Path) and lora.is_adapter(source):
+        base, _ = load_model_and_tokenizer(
+            lora.base_of(source), device=resolved_device, dtype=resolved_dtype
+        )
+        model = lora.load_adapted(source, base, trainable=trainable_adapter)
+        return model.to(resolved_device), tokenizer
     model = _from_pretrained(AutoModelForCausalLM, source, dtype=resolved_dtype)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -236,6 +236,12 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return tok.squeeze(-1).clamp(max=probs.size(-1) - 1)
 
 
+def _unwrapped(model):
+    """The transformers model itself: a peft (LoRA) model passes every keyword on to it, and
+    its adapters live inside that model's modules (so it also computes the same function)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 @cache
 def _forward_params(model_cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(model_cls.forward).parameters)
@@ -244,7 +250,7 @@ def _forward_params(model_cls: type) -> frozenset[str]:
 def _step_kwargs(model, past) -> dict:
     """The KV-cache argument under its name in this transformers version (``cache`` in
     recent 5.x, ``past_key_values`` before)."""
-    params = _forward_params(type(model))
+    params = _forward_params(type(_unwrapped(model)))
     kwargs = {"use_cache": True}
     if past is not None:
         kwargs["cache" if "cache" in params else "past_key_values"] = past
@@ -259,7 +265,7 @@ def _cache_of(out):
 def _keep_logits_kwargs(model, n: int) -> dict:
     """Ask for the logits of the last ``n`` positions only, when the model's forward takes
     that argument ({} otherwise: then it returns logits at every position)."""
-    params = _forward_params(type(model))
+    params = _forward_params(type(_unwrapped(model)))
     for name in ("logits_to_keep", "num_logits_to_keep"):
         if name in params:
             return {name: n}
@@ -327,6 +333,7 @@ def sample(  # one piece on purpose: the per-token hot loop, prefill → decode 
     ``lean`` decodes Llama-family models with ``decoder.LeanDecoder`` (same numbers, less
     copying); False, or any other model, calls the model's forward for every token.
     """
+    model = _unwrapped(model)  # a LoRA model's base runs the KV-cache decoder
     device = prompt_ids.device
     eos = torch.tensor(sorted(set(eos_token_ids)), device=device)
     mask = prompt_mask.long()  # (N, P)

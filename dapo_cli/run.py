@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dapo_cli import sandbox
+from dapo_cli import lora, sandbox
 from dapo_cli.config import Config, to_yaml
 from dapo_cli.datagen import generate_dataset
 from dapo_cli.errors import DapoError
@@ -236,11 +236,15 @@ def build_run(
     else:
         _check_sandbox(config, samples, observer)
     source, warm = _model_source(config, resume_from, samples, dist, observer)
-    policy = load_policy(source, device=_device(config, dist), dtype=config.model.dtype)
+    policy = load_policy(
+        source, device=_device(config, dist), dtype=config.model.dtype,
+        trainable_adapter=resume_from is not None,  # a resumed LoRA run trains its adapter on
+    )  # fmt: skip
     policy.system = config.data.system_prompt
     observer.message(_model_line(source, policy, dist))
     if warm:
         _supervise(policy, samples, config, observer)
+    _add_lora(config, policy, source, observer)
     dist.broadcast_params(policy.model)
     trained = _trained_module(config, policy, source, resume_from is not None, dist, observer)
     samples = _fitting_prompts(policy, samples, config.data.max_prompt_tokens, observer)
@@ -317,12 +321,30 @@ def _model_source(config: Config, resume_from, samples, dist: Dist, observer) ->
     return str(embedded), False
 
 
+def _add_lora(config: Config, policy: Policy, source: str, observer) -> None:
+    """LoRA adapters on the policy's model when ``lora.r > 0`` (a resumed LoRA run loaded
+    its own, still trainable); what trains is said."""
+    if config.lora.r > 0 and not lora.is_lora(policy.model):
+        base = str(Path(source).resolve()) if Path(source).exists() else source
+        adapted = lora.add_adapters(policy.model, config.lora, base, seed=config.train.seed)
+        policy.model = adapted.eval()
+    if lora.is_lora(policy.model):
+        adapter = policy.model.peft_config["default"]
+        trained, total = lora.trainable_share(policy.model)
+        observer.message(
+            f"LoRA: r {adapter.r}, alpha {adapter.lora_alpha:g} on {config.lora.target_modules}: "
+            f"{trained / 1e6:.2f}M of {total / 1e6:.1f}M parameters train "
+            f"({100 * trained / total:.2f}%); checkpoints hold the adapter"
+        )
+
+
 def _trained_module(config: Config, policy: Policy, source: str, resumed: bool, dist, observer):
     """The module the optimiser updates (see scale/trained_model.py): the policy's own model, an
     fp32 master copy of a bf16/fp16 policy (a resumed run's saved fp32 weights), or an FSDP
     copy; said when it is not the policy's own."""
     fp32_weights = None
-    if resumed and policy.model.dtype != torch.float32:  # saved master weights
+    if resumed and policy.model.dtype != torch.float32 and not lora.is_lora(policy.model):
+        # the saved master weights
         fp32_weights = load_policy(source, device=policy.device, dtype="float32").model
     trained = prepare_trained(
         policy.model,

@@ -56,7 +56,8 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(models, name):
 
 
 def test_a_gguf_model_trains_and_its_checkpoints_are_ordinary_folders(tmp_path, data_file, models):
-    result = run_training(make_config(tmp_path, data_file, f"model.name={models['gguf']}"))
+    result = run_training(make_config(tmp_path, data_file, f"model.name={models['gguf']}",
+                                      "algorithm.overlong_filtering=false"))  # fmt: skip
     assert result.status == "completed"
     assert (result.final_dir / "config.json").is_file()
     assert not list(result.final_dir.glob("*.gguf"))
@@ -98,9 +99,14 @@ def test_models_of_three_architectures_train_evaluate_and_chat(tmp_path, data_fi
     for i in [configured] if isinstance(configured, int) else configured:
         assert i in policy.stop_ids  # every EOS id of generation_config ends a response
     assert policy.tokenizer.pad_token is not None  # eos stands in where the model has none
-    result = run_training(make_config(tmp_path, data_file, f"model.name={models[name]}"))
+    # a random model rarely stops within 8 tokens: keep truncated responses in the loss
+    cfg = make_config(tmp_path, data_file, f"model.name={models[name]}",
+                      "algorithm.overlong_filtering=false")  # fmt: skip
+    result = run_training(cfg)
     assert result.status == "completed" and result.steps == 3
     saved = AutoModelForCausalLM.from_pretrained(result.final_dir)
+    start = weights(policy.model)
+    assert any(not torch.equal(start[k], v) for k, v in weights(saved).items())
     assert saved.config.tie_word_embeddings == policy.model.config.tie_word_embeddings
     evaluated = CliRunner().invoke(app, [
         "eval", "--model", str(result.final_dir), "--data", str(_eval_file(tmp_path)),

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dapo_cli import __version__
-from dapo_cli.cli import chat, data, db, quickstart, train
+from dapo_cli.cli import chat, data, db, merge, quickstart, train
 from dapo_cli.cli import eval as eval_cmd
 from dapo_cli.cli.common import state
 
@@ -47,6 +47,7 @@ app.add_typer(data.app)
 app.add_typer(train.app)
 app.add_typer(eval_cmd.app)
 app.add_typer(chat.app)
+app.add_typer(merge.app)
 app.add_typer(quickstart.app)
 app.add_typer(db.app, name="db")
 

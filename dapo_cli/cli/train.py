@@ -89,7 +89,8 @@ TRAIN_EXAMPLE = (
     "Example: dapo train --data data/dataset.jsonl --steps 50 --group-size 8 "
     "--set algorithm.eps_high=0.28\n\n"
     "Several processes (FSDP): accelerate launch --config_file "
-    "templates/accelerate/fsdp.yaml -m dapo_cli train --data data/dataset.jsonl"
+    "templates/accelerate/fsdp.yaml -m dapo_cli train --data data/dataset.jsonl\n\n"
+    "LoRA: dapo train --model path/to/model --data data/dataset.jsonl --lora-r 16"
 )
 
 
@@ -119,6 +120,14 @@ def train(
             help="SQLite store: metrics go here, and samples come from it without --data."
         ),
     ] = None,
+    lora_r: Annotated[
+        int | None, typer.Option(help="Train LoRA adapters of this rank instead of all weights.")
+    ] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (lora.alpha).")] = None,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(help="Modules LoRA adapts: all-linear or names, e.g. q_proj,v_proj."),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Rollout steps.")] = None,
     group_size: Annotated[int | None, typer.Option(help="Responses per prompt (G).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
@@ -145,6 +154,7 @@ def train(
     flags = {
         "model.name": model, "data.path": data, "data.format": data_format,
         "data.hub_config": data_config, "data.system_prompt": system, "reward.function": reward,
+        "lora.r": lora_r, "lora.alpha": lora_alpha, "lora.target_modules": lora_targets,
         "train.steps": steps,
         "rollout.group_size": group_size, "train.lr": lr, "train.seed": seed,
         "output.output_dir": output_dir, "output.db_path": db_path,

@@ -102,7 +102,14 @@ def prepare_trained(
     (``model`` in bf16/fp16), or a sharded copy (FSDP, when ``parallelism`` asks for it: the
     default never shards; ``auto`` follows accelerate's environment, see ``wants_fsdp``).
     ``fp32_weights``: a float32 load of the same checkpoint, used for the master weights
-    instead of upcasting ``model``'s (a resumed run keeps the precision it saved)."""
+    instead of upcasting ``model``'s (a resumed run keeps the precision it saved). A LoRA
+    model trains itself: only its adapters train, and peft keeps them in fp32."""
+    if getattr(model, "peft_config", None):
+        if wants_fsdp(parallelism, dist):
+            raise DapoError("LoRA (lora.r > 0) with FSDP is not supported; use DDP")
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(model.get_base_model())
+        return model
     low = _dtype(model) != torch.float32
     if wants_fsdp(parallelism, dist):
         return shard_for_training(
