@@ -5,6 +5,9 @@ KV-cache loop as training). Each reply sees the whole history: through the token
 template when it has one; otherwise as a plain transcript (earlier exchanges as
 ``User: ...`` / ``Assistant: ...`` blocks, then the latest message exactly as
 ``models.format_prompt`` gives a single prompt, which is what the model was trained on).
+A prompt template (``--prompt-template``, training's ``data.prompt_template``) wraps every
+user message in the context, earlier ones too, so a first message reaches the model exactly
+as a training prompt did; the history, transcripts and the store keep messages as typed.
 When the context would not leave ``max_new_tokens`` free in the model's window, the oldest
 exchanges are left out (the system message always stays); a latest message that does not
 fit even alone is cut from the left. Every reply is stored in the ``interactions`` table.
@@ -21,11 +24,12 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dapo_cli.config import prompt_template_problem
 from dapo_cli.errors import DapoError
 from dapo_cli.records import atomic_file
 from dapo_cli.rewards import known_task_types, score
@@ -170,14 +174,18 @@ class ChatSession:
         model_name: str,
         settings: ChatSettings | None = None,
         system: str | None = None,
+        template: str | None = None,
         window: int | None = None,
         store: Store | None = None,
         session_id: str | None = None,
     ):
+        if problem := prompt_template_problem(template):
+            raise DapoError(f"--prompt-template {problem}")
         self.policy = policy
         self.model_name = model_name
         self.settings = settings or ChatSettings()
         self.system = system
+        self.template = template  # wraps every user message, as data.prompt_template did
         self.window = window or context_window(policy.model, policy.tokenizer)
         self.store = store
         self.session_id = session_id or uuid.uuid4().hex
@@ -196,9 +204,15 @@ class ChatSession:
         return self.window - self.settings.max_new_tokens
 
     def render(self, exchanges: Sequence[Exchange], user: str) -> str:
-        """The text the model sees for ``user`` after ``exchanges``."""
+        """The text the model sees for ``user`` after ``exchanges``: every user message in
+        the prompt template when there is one."""
         from dapo_cli.models import has_chat_template
+        from dapo_cli.policy import apply_template
 
+        if self.template is not None:
+            wrap = self.template
+            exchanges = [replace(ex, user=apply_template(wrap, ex.user)) for ex in exchanges]
+            user = apply_template(wrap, user)
         tokenizer = self.policy.tokenizer
         if not has_chat_template(tokenizer):
             return plain_transcript(self.system, exchanges, user)
@@ -279,8 +293,9 @@ class ChatSession:
         return text, len(out), finish, seed
 
     def params(self, **extra: Any) -> dict[str, Any]:
-        """The settings stored with an interaction."""
-        return {**asdict(self.settings), "system": self.system, **extra}
+        """The settings stored with an interaction (the prompt template when there is one)."""
+        template = {"template": self.template} if self.template is not None else {}
+        return {**asdict(self.settings), "system": self.system, **template, **extra}
 
     def respond(
         self,
@@ -362,6 +377,7 @@ class ChatSession:
             "model": self.model_name,
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "system": self.system,
+            **({"template": self.template} if self.template is not None else {}),
             "settings": {**asdict(self.settings), "seed": self.base_seed, "window": self.window},
             "turns": turns,
         }
@@ -403,6 +419,8 @@ def transcript_markdown(data: dict[str, Any]) -> str:
     ]
     if data["system"] is not None:
         lines += ["## System", "", data["system"], ""]
+    if data.get("template") is not None:
+        lines += ["## Prompt template", "", data["template"], ""]
     for turn in data["turns"]:
         title = "User" if turn["role"] == "user" else "Assistant"
         if turn.get("finish_reason") == "interrupted":

@@ -60,6 +60,19 @@ class LoraSettings:
 
 
 DATA_FORMATS = ("dapo", "gsm8k", "math", "dapo-math-17k", "fields")  # see hub_data.py
+PROMPT_PLACEHOLDER = "{prompt}"  # where data.prompt_template puts the prompt
+
+
+def prompt_template_problem(template: str | None) -> str | None:
+    """Why ``template`` cannot wrap prompts, or None when it can (or is not set). It needs
+    the placeholder exactly once; every other brace is kept as written, since templates ask
+    for \\boxed{} answers, so a template is filled by replacing the placeholder, never by
+    ``str.format``."""
+    if template is None or template.count(PROMPT_PLACEHOLDER) == 1:
+        return None
+    return (
+        f"must contain {PROMPT_PLACEHOLDER} exactly once, where the prompt goes (got {template!r})"
+    )
 
 
 @dataclass
@@ -85,6 +98,12 @@ class DataConfig:
         None,
         "System prompt before every prompt, through the chat template (else above it); "
         "dapo sft, eval and chat take the same with --system.",
+    )
+    prompt_template: str | None = _f(
+        None,
+        "Wraps every prompt before the chat template: a text holding {prompt} once, where the "
+        'prompt goes; other braces stay as written, e.g. "{prompt} Put your final answer '
+        'within \\boxed{}." dapo sft, eval and chat take the same with --prompt-template.',
     )
     task_types: list[str] = _f([], "Only these task types (empty = all in the data).")
     max_prompt_tokens: int = _f(256, "Prompts longer than this (in tokens) are skipped.")
@@ -267,10 +286,13 @@ class SftSettings:
     lr: float = 3e-3
     seed: int = 0
     system: str | None = None  # the system prompt, as in training (data.system_prompt)
+    template: str | None = None  # the prompt template, as in training (data.prompt_template)
 
     def check(self) -> SftSettings:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise DapoError("--steps and --batch-size must be at least 1 and --lr > 0")
+        if problem := prompt_template_problem(self.template):
+            raise DapoError(f"--prompt-template {problem}")
         return self
 
 
@@ -287,6 +309,7 @@ class EvalSettings:
     seed: int = 0
     limit: int = 0  # at most this many prompts (0 = all)
     system: str | None = None  # the system prompt, as in training (data.system_prompt)
+    template: str | None = None  # the prompt template, as in training (data.prompt_template)
     scoring: Scoring = field(default_factory=Scoring)  # reward.last_number, format_reward
 
     @property
@@ -298,6 +321,8 @@ class EvalSettings:
             raise DapoError(f"--k must be at least 1, got {self.k}")
         if self.max_new_tokens < 1 or not 0 < self.top_p <= 1 or self.temperature <= 0:
             raise DapoError("--max-new-tokens must be >= 1, --top-p in (0, 1], --temperature > 0")
+        if problem := prompt_template_problem(self.template):
+            raise DapoError(f"--prompt-template {problem}")
         return self
 
 
@@ -443,6 +468,8 @@ def validate(config: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise DapoError(f"config: {message}")
+    if problem := prompt_template_problem(config.data.prompt_template):
+        raise DapoError(f"config: data.prompt_template {problem}")
     return config
 
 

@@ -127,11 +127,14 @@ def evaluate_models(
     }  # fmt: skip
     if settings.system is not None:
         recorded["system"] = settings.system
+    if settings.template is not None:
+        recorded["template"] = settings.template
     if settings.scoring != Scoring():  # recorded when it changes what counts
         recorded |= dataclasses.asdict(settings.scoring)
     policies = [(name, load_policy(name)) for name in models]
     for _, policy in policies:
         policy.system = settings.system
+        policy.template = settings.template
     store = Store(resolve_db_path(db_path))
     results: list[dict[str, Any]] = []
     for name, policy in policies:

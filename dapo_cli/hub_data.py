@@ -45,9 +45,14 @@ def load_dataset_samples(
     prompt_field: str = "prompt",
     answer_field: str = "answer",
     hub_config: str | None = None,
+    own_splits: bool = False,
 ) -> list[dict[str, Any]]:
     """The ``split`` of ``source`` (a ``save_to_disk`` folder, a data file, or a Hub id) as
-    validated records, mapped by ``fmt`` (see the module docstring)."""
+    validated records, mapped by ``fmt`` (see the module docstring). From a dataset with
+    splits (a folder or Hub id) the split named ``split`` is read, from one without (a single
+    dataset, a file) every row, and the records are in ``split``. Only this project's records
+    (``dapo``) may name another: those are left out, or with ``own_splits`` (``dapo db
+    import``) kept with the split they name."""
     if fmt not in FORMATS:
         raise DapoError(f"data format {fmt!r} is not one of {', '.join(FORMATS)}")
     rows = _rows(str(source), split, hub_config)
@@ -61,7 +66,7 @@ def load_dataset_samples(
             raise DapoError(f"{source} ({split} row {i}, format {fmt}): {reason}") from None
         if fmt != "dapo":
             record["split"] = split  # the dataset's split is the records'
-        if record["split"] == split:  # this project's records name their own split
+        if own_splits or record["split"] == split:  # a dapo record may name another split
             out.append(record)
     if not out:
         raise DapoError(f"{source} has no rows in split {split!r}")

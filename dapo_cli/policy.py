@@ -1,5 +1,7 @@
 """A policy: a causal LM with its tokenizer, and how to turn prompts into token ids for it
-(chat template when the tokenizer has one, plain text otherwise; which ids stop a response)."""
+(the prompt template first when one is set, then the chat template when the tokenizer has
+one, plain text otherwise; which ids stop a response). Training, sft, eval and chat all
+format prompts here, so a model sees the same text in each."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 
 import torch
 
+from dapo_cli.config import PROMPT_PLACEHOLDER
 from dapo_cli.models import format_prompt, load_model_and_tokenizer
 
 # Tokens that end an assistant turn in the chat formats we know, besides the tokenizer's EOS.
@@ -19,6 +22,7 @@ class Policy:
     model: Any
     tokenizer: Any
     system: str | None = None
+    template: str | None = None  # data.prompt_template: wraps each prompt (apply_template)
 
     @property
     def device(self) -> torch.device:
@@ -44,7 +48,7 @@ class Policy:
         return ids
 
     def format_prompt(self, prompt: str) -> str:
-        return format_prompt(self.tokenizer, prompt, self.system)
+        return format_prompt(self.tokenizer, apply_template(self.template, prompt), self.system)
 
     def encode(self, prompts: list[str], repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids and mask, each prompt repeated ``repeat`` times. (B, P)"""
@@ -70,6 +74,13 @@ class Policy:
 
     def prompt_length(self, prompt: str) -> int:
         return len(self.prompt_ids(prompt))
+
+
+def apply_template(template: str | None, prompt: str) -> str:
+    """``prompt`` in ``template`` (a checked ``data.prompt_template``; None: as it is). The
+    placeholder is replaced, not ``str.format``-ed: the template's other braces (``\\boxed{}``)
+    stay as written, and so do the prompt's."""
+    return prompt if template is None else template.replace(PROMPT_PLACEHOLDER, prompt)
 
 
 def load_policy(name_or_path=None, **kwargs) -> Policy:

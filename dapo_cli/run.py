@@ -91,6 +91,8 @@ def _warm_start_dir(config: Config, samples: list[dict[str, Any]]) -> Path:
              "ids": sorted(s["id"] for s in samples)}  # fmt: skip
     if config.data.system_prompt is not None:  # without one, the cache key stays as it was
         parts["system"] = config.data.system_prompt
+    if config.data.prompt_template is not None:  # likewise
+        parts["template"] = config.data.prompt_template
     key = json.dumps(parts, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return models_root() / "embedded" / f"{config.model.embedded_size}-warm-{digest}"
@@ -105,6 +107,7 @@ def warm_start(config: Config, samples: list[dict[str, Any]], observer: TrainObs
     base = embedded_base(config.model.embedded_size)
     policy = load_policy(str(base), device=config.model.device, dtype=config.model.dtype)
     policy.system = config.data.system_prompt
+    policy.template = config.data.prompt_template
     _supervise(policy, samples, config, observer)
     ckpt.save_checkpoint(target, policy.model, policy.tokenizer)
     observer.message(f"warm start: saved to {target}")
@@ -241,6 +244,7 @@ def build_run(
         trainable_adapter=resume_from is not None,  # a resumed LoRA run trains its adapter on
     )  # fmt: skip
     policy.system = config.data.system_prompt
+    policy.template = config.data.prompt_template
     observer.message(_model_line(source, policy, dist))
     if warm:
         _supervise(policy, samples, config, observer)

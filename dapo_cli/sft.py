@@ -153,6 +153,7 @@ def run_sft(
     torch.manual_seed(settings.seed)
     policy = load_policy(model)
     policy.system = settings.system
+    policy.template = settings.template
     store = Store(resolve_db_path(db_path))
     recorded = {**asdict(settings), "data": data}
     run_id = store.start_run("sft", recorded, model or "embedded")

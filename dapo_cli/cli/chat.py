@@ -11,12 +11,20 @@ from rich.text import Text
 
 from dapo_cli.chat import ChatSession, ChatSettings, printable
 from dapo_cli.cli.chat_repl import ChatRepl, default_reader
-from dapo_cli.cli.common import console, err_console, fail, is_interactive, user_errors
+from dapo_cli.cli.common import (
+    PromptTemplateOption,
+    console,
+    err_console,
+    fail,
+    is_interactive,
+    user_errors,
+)
+from dapo_cli.config import prompt_template_problem
 from dapo_cli.errors import DapoError
 
 app = typer.Typer()
 
-_SETTINGS = ("temperature", "top_p", "max_new_tokens", "seed", "system", "window")
+_SETTINGS = ("temperature", "top_p", "max_new_tokens", "seed", "system", "template", "window")
 
 EXAMPLE = (
     "Example: dapo chat --model models/checkpoints/dapo_final --temperature 0.7 "
@@ -32,6 +40,7 @@ def chat(  # long for its option declarations; the body is checks, load, then on
         typer.Option(help="Model path or HF id; default: the embedded tiny model (tiny-1m)."),
     ] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    prompt_template: PromptTemplateOption = None,
     temperature: Annotated[
         float, typer.Option(help="Sampling temperature (0 = greedy).")
     ] = ChatSettings.temperature,
@@ -75,6 +84,9 @@ def chat(  # long for its option declarations; the body is checks, load, then on
     side), /score [TASK] ANSWER (run the verifier on the last reply), /save FILE (.json or
     Markdown), /exit. Ctrl-C stops a reply; Ctrl-D or /exit leaves. Every exchange is
     stored in the `interactions` table (`dapo db export FILE --what interactions`).
+
+    With the --system and --prompt-template the model was trained with, a first message
+    reaches it exactly as a training prompt did (the template wraps every message you send).
     """
     settings = ChatSettings(temperature, top_p, max_new_tokens, seed)
     settings.check()
@@ -84,6 +96,8 @@ def chat(  # long for its option declarations; the body is checks, load, then on
         raise DapoError("--json needs --prompt TEXT (the REPL is for people)")
     if prompt is not None and not prompt.strip():
         raise DapoError("--prompt is empty")
+    if problem := prompt_template_problem(prompt_template):
+        raise DapoError(f"--prompt-template {problem}")
 
     from dapo_cli.cli.train import quiet_transformers
     from dapo_cli.models import DEFAULT_EMBEDDED_SIZE
@@ -101,8 +115,8 @@ def chat(  # long for its option declarations; the body is checks, load, then on
         else:
             policy = load_policy(model)
         session = ChatSession(
-            policy, model_name=name, settings=settings, system=system, window=context_window,
-            store=store,
+            policy, model_name=name, settings=settings, system=system, template=prompt_template,
+            window=context_window, store=store,
         )  # fmt: skip
         if prompt is not None:
             _answer_once(session, prompt, json_)
@@ -127,7 +141,7 @@ def _answer_once(session: ChatSession, prompt: str, as_json: bool) -> None:
             "latency_s": round(reply.latency_s, 4), "prompt_tokens": reply.prompt_tokens,
             "response_tokens": reply.response_tokens, "finish_reason": reply.finish_reason,
             "trimmed_turns": reply.context.trimmed,
-            "settings": {k: reply.params[k] for k in _SETTINGS},
+            "settings": {k: reply.params[k] for k in _SETTINGS if k in reply.params},
         }, ensure_ascii=False))  # fmt: skip
     else:
         show = printable if is_interactive() else str

@@ -21,12 +21,12 @@ err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Options that train, sft and eval share (the same words in every --help)
+# Options that train, sft, eval and db import share (the same words in every --help)
 DATA_HELP = (
     "Samples: a .jsonl/.csv/.parquet file, a datasets save_to_disk folder, or a Hub id (org/name)."
 )
 FORMAT_HELP = (
-    "Where prompt and answer are in --data's rows: dapo (this project's records), gsm8k, "
+    "Where prompt and answer are in the data's rows: dapo (this project's records), gsm8k, "
     "math, dapo-math-17k [default: dapo]."
 )
 DataFormatOption = Annotated[str | None, typer.Option(help=FORMAT_HELP)]
@@ -36,6 +36,15 @@ DataConfigOption = Annotated[
 SystemOption = Annotated[
     str | None,
     typer.Option(help="System prompt before every prompt, through the chat template."),
+]
+PromptTemplateOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Wrap every prompt in this text, at its {prompt} (once), before the chat template; "
+        "other braces stay as written, e.g. '{prompt} Put your final answer within \\boxed{}.' "
+        "(data.prompt_template).",
+        show_default=False,
+    ),
 ]
 
 

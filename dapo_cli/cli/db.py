@@ -15,10 +15,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from dapo_cli.cli.common import console, parse_csv_option, user_errors
+from dapo_cli.cli.common import (
+    DATA_HELP,
+    DataConfigOption,
+    DataFormatOption,
+    console,
+    parse_csv_option,
+    user_errors,
+)
+from dapo_cli.config import DataConfig
 from dapo_cli.errors import DapoError
 from dapo_cli.paths import resolve_db_path
-from dapo_cli.records import file_format, read_records, write_records, write_rows
+from dapo_cli.records import file_format, write_records, write_rows
+from dapo_cli.samples import records_to_import
 from dapo_cli.store import Store
 
 app = typer.Typer(
@@ -31,6 +40,7 @@ DbPath = Annotated[
     Path | None,
     typer.Option(help="Database file. Default: $DAPO_DB, else data/dapo.db.", show_default=False),
 ]
+DATA = DataConfig()
 
 
 def say(markup: str) -> None:
@@ -68,43 +78,83 @@ def init_store(path: Path) -> None:
     console.print(table)
 
 
-@app.command("import", epilog="Example: dapo db import data/dataset.jsonl --split train")
+IMPORT_EXAMPLE = (
+    "Example: dapo db import data/dataset.jsonl --split train\n\n"
+    "A dataset: dapo db import openai/gsm8k --data-format gsm8k --data-config main --split test"
+)
+
+
+@app.command("import", epilog=IMPORT_EXAMPLE)
 @user_errors
 def import_(
-    file: Annotated[
-        Path, typer.Argument(help="Samples file: .jsonl, .csv or .parquet.", show_default=False)
-    ],
+    source: Annotated[str, typer.Argument(help=DATA_HELP, show_default=False)],
     split: Annotated[
         str | None,
         typer.Option(
-            help="Split for records that have none in the file (default: train). Records "
-            "that name their own split keep it: a file written by gen-data holds both.",
+            help="The split the records get (default: train). From a dataset with splits (a "
+            "save_to_disk folder of several, a Hub id) it is also the split read, so import "
+            "each one you want (--split test: its test split); from one without (a folder of "
+            "one, a data file) every row gets it. Records in this project's format that name "
+            "their own split keep it: a file written by gen-data holds both.",
+            show_default=False,
+        ),
+    ] = None,
+    data_format: DataFormatOption = None,
+    data_config: DataConfigOption = None,
+    prompt_field: Annotated[
+        str | None,
+        typer.Option(
+            help=f"With --data-format fields: the prompt's field [default: {DATA.prompt_field}].",
+            show_default=False,
+        ),
+    ] = None,
+    answer_field: Annotated[
+        str | None,
+        typer.Option(
+            help=f"With --data-format fields: the answer's field [default: {DATA.answer_field}].",
             show_default=False,
         ),
     ] = None,
     db_path: DbPath = None,
 ) -> None:
-    """Validate every record of FILE, then add them all in one transaction.
+    """Validate every record of SOURCE, then add them all in one transaction.
 
-    All or nothing: one bad record stops the import before the database is touched, naming
-    the file, line (or row) and the problem. A sample whose id is already in the database,
-    or repeated in the file, is skipped and counted. Creates the database if needed.
+    SOURCE is read as `dapo train --data` reads it, in --data-format (gsm8k, math,
+    dapo-math-17k, or fields with --prompt-field and --answer-field; default: this project's
+    records). All or nothing: one bad record stops the import before the database is
+    touched, naming the file and line (or the dataset and row) and the problem. A sample
+    whose id is already in the database, or repeated in SOURCE, is skipped and counted.
+    Creates the database if needed.
     """
-    import_file(file, split, resolve_db_path(db_path))
+    fmt = data_format or DATA.format
+    if (prompt_field or answer_field) and fmt != "fields":
+        raise DapoError("--prompt-field and --answer-field need --data-format fields")
+    fields = (prompt_field or DATA.prompt_field, answer_field or DATA.answer_field)
+    import_file(source, split, resolve_db_path(db_path), fmt, fields, data_config)
 
 
-def import_file(file: Path, split: str | None, path: Path) -> None:
+def import_file(
+    source: str | Path,
+    split: str | None,
+    path: Path,
+    fmt: str = DATA.format,
+    fields: tuple[str, str] = (DATA.prompt_field, DATA.answer_field),
+    hub_config: str | None = None,
+) -> None:
     """``dapo db import``'s work and output (also the quickstart's)."""
-    records = read_records(file, default_split=split or "train")  # validate before any write
+    records = records_to_import(
+        source, split=split or DATA.split, fmt=fmt, fields=fields, hub_config=hub_config
+    )  # validate before any write
+    name = Path(source).name if Path(source).exists() else str(source)  # else a Hub id
     with Store(path) as store:
-        inserted, skipped = store.import_samples(records, source=file.name)
+        inserted, skipped = store.import_samples(records, source=name)
     say(
-        f"{escape(str(file))} -> {escape(str(store.path))}: [bold green]{inserted} inserted[/], "
+        f"{escape(str(source))} -> {escape(str(store.path))}: [bold green]{inserted} inserted[/], "
         f"{skipped} skipped as duplicates"
     )
     kept = Counter(r["split"] for r in records if split and r["split"] != split)
     if kept:
-        splits = ", ".join(f"{name}: {n}" for name, n in sorted(kept.items()))
+        splits = ", ".join(f"{s}: {n}" for s, n in sorted(kept.items()))
         say(f"{sum(kept.values())} record(s) kept the split named in the file ({splits})")
 
 

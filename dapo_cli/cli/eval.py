@@ -15,6 +15,7 @@ from dapo_cli.cli.common import (
     DATA_HELP,
     DataConfigOption,
     DataFormatOption,
+    PromptTemplateOption,
     SystemOption,
     console,
     err_console,
@@ -47,6 +48,7 @@ def eval_(
     data_format: DataFormatOption = None,
     data_config: DataConfigOption = None,
     system: SystemOption = None,
+    prompt_template: PromptTemplateOption = None,
     db_path: Annotated[
         Path | None, typer.Option(help="SQLite store: samples (without --data) and results.")
     ] = None,
@@ -94,7 +96,7 @@ def eval_(
     """
     settings = EvalSettings(
         split, k, temperature, top_p, greedy, max_new_tokens, seed, limit, system,
-        Scoring(last_number=last_number),
+        prompt_template, Scoring(last_number=last_number),
     )  # fmt: skip
     run_eval(
         model, data, db_path, settings, parse_csv_option(task_types), output, as_json,

@@ -13,6 +13,7 @@ from dapo_cli.cli.common import (
     DATA_HELP,
     DataConfigOption,
     DataFormatOption,
+    PromptTemplateOption,
     SystemOption,
     console,
     print_whole,
@@ -108,6 +109,7 @@ def train(
     data_format: DataFormatOption = None,
     data_config: DataConfigOption = None,
     system: SystemOption = None,
+    prompt_template: PromptTemplateOption = None,
     reward: Annotated[
         str | None,
         typer.Option(
@@ -153,7 +155,8 @@ def train(
     overrides = list(set_ or [])
     flags = {
         "model.name": model, "data.path": data, "data.format": data_format,
-        "data.hub_config": data_config, "data.system_prompt": system, "reward.function": reward,
+        "data.hub_config": data_config, "data.system_prompt": system,
+        "data.prompt_template": prompt_template, "reward.function": reward,
         "lora.r": lora_r, "lora.alpha": lora_alpha, "lora.target_modules": lora_targets,
         "train.steps": steps,
         "rollout.group_size": group_size, "train.lr": lr, "train.seed": seed,
@@ -217,6 +220,7 @@ def sft(
     data_format: DataFormatOption = None,
     data_config: DataConfigOption = None,
     system: SystemOption = None,
+    prompt_template: PromptTemplateOption = None,
     model: Annotated[
         str | None,
         typer.Option(help="HF model id or local path; default: the embedded tiny model."),
@@ -230,7 +234,7 @@ def sft(
 ) -> None:
     """Supervised fine-tuning on prompt → reference answer (loss on the answer tokens): the
     warm start that teaches a model the answer format before RL. Works on any causal LM."""
-    settings = SftSettings(steps, batch_size, lr, seed, system)
+    settings = SftSettings(steps, batch_size, lr, seed, system, prompt_template)
     run_sft_command(data, model, output, settings, db_path, data_format, data_config)
 
 

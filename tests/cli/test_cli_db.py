@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import datasets
 import pytest
 from typer.testing import CliRunner
 
@@ -169,7 +170,7 @@ BAD_INPUTS = {
     "answer-int": (_record_line(answer=4), "field 'answer' must be a string"),
     "unknown-task": (_record_line(task_type="alchemy"), "unknown task_type 'alchemy'"),
     "line-50mb": (_huge_line, "line longer than"),
-    "bad-extension": (_write("data.txt", "hello"), "unsupported file type"),
+    "bad-extension": (_write("data.txt", "hello"), "cannot read .txt (use .jsonl, .json"),
     "csv-no-columns": (_write("data.csv", "a,b\n1,2\n"), "header lacks column(s)"),
 }
 
@@ -181,6 +182,104 @@ def test_bad_input_gives_one_clear_line(tmp_path, db, records, name):
     result = dapo("db", "import", path, "--db-path", db)
     assert_one_line_error(result, str(path), expected)
     assert not db.exists()  # validation happens before the database is opened
+
+
+# ------------------------------------------------------------- import through 🤗 datasets
+
+GSM8K = [
+    {"question": "Tom has 3 apples and buys 4 more. How many now?",
+     "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
+    {"question": "A farm has 1,200 hens and buys 300 more. How many hens?",
+     "answer": "1200 + 300 = 1500\n#### 1,500"},
+    {"question": "What is 6 times 7?", "answer": "6 * 7 = 42\n#### 42"},
+]  # fmt: skip
+MATH = [
+    {"problem": "What is $\\frac{1}{4} + \\frac{1}{4}$?", "level": "Level 1",
+     "solution": "We add: $\\frac{1}{4}+\\frac{1}{4} = \\boxed{\\frac{1}{2}}$."},
+    {"problem": "Solve $x + 3 = 5$.", "solution": "So $x = \\boxed{2}$."},
+]  # fmt: skip
+
+
+def save_to_disk(path, rows, **splits):
+    """A save_to_disk folder: one dataset of ``rows``, or (``splits``) one per split."""
+    if splits:
+        datasets.DatasetDict(
+            {k: datasets.Dataset.from_list(v) for k, v in splits.items()}
+        ).save_to_disk(str(path))
+    else:
+        datasets.Dataset.from_list(rows).save_to_disk(str(path))
+    return path
+
+
+def test_import_a_gsm8k_folder_one_split_at_a_time(tmp_path, db):
+    folder = save_to_disk(tmp_path / "gsm8k", None, train=GSM8K[:2], test=GSM8K[2:])
+    first = dapo("db", "import", folder, "--data-format", "gsm8k", "--db-path", db)
+    assert first.exit_code == 0, first.output
+    assert "2 inserted, 0 skipped" in first.stdout
+    test = dapo(
+        "db", "import", folder, "--data-format", "gsm8k", "--split", "test", "--db-path", db
+    )
+    assert test.exit_code == 0 and "1 inserted, 0 skipped" in test.stdout
+    again = dapo("db", "import", folder, "--data-format", "gsm8k", "--db-path", db)
+    assert again.exit_code == 0 and "0 inserted, 2 skipped" in again.stdout
+    with Store(db) as s:
+        train_rows = s.samples(split="train")
+        assert [(r["prompt"], r["answer"], r["task_type"]) for r in train_rows] == [
+            (GSM8K[0]["question"], "7", "math"), (GSM8K[1]["question"], "1500", "math"),
+        ]  # fmt: skip
+        assert [r["answer"] for r in s.samples(split="test")] == ["42"]
+        assert s.db.execute("SELECT DISTINCT source FROM samples").fetchall() == [("gsm8k",)]
+
+
+def test_import_a_math_dataset_gives_every_row_the_split_asked_for(tmp_path, db):
+    folder = save_to_disk(tmp_path / "math", MATH)  # one dataset, no splits of its own
+    result = dapo("db", "import", folder, "--data-format", "math", "--split", "test",
+                  "--db-path", db)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Store(db) as s:
+        assert s.samples(split="train") == []
+        rows = s.samples(split="test")
+    assert [(r["prompt"], r["answer"]) for r in rows] == [
+        (MATH[0]["problem"], "\\frac{1}{2}"), (MATH[1]["problem"], "2"),
+    ]  # fmt: skip
+
+
+def test_a_malformed_dataset_row_is_one_line_and_writes_nothing(tmp_path, db, data_file):
+    assert dapo("db", "import", data_file, "--db-path", db).exit_code == 0
+    before = snapshot(db)
+    bad = save_to_disk(tmp_path / "bad", [*GSM8K[:2], {"question": "q?", "answer": "no marker"}])
+    result = dapo("db", "import", bad, "--data-format", "gsm8k", "--db-path", db)
+    assert_one_line_error(result, f"{bad} (train row 2, format gsm8k)", "'####'")
+    assert snapshot(db) == before
+    fresh = tmp_path / "fresh.db"
+    result = dapo("db", "import", bad, "--data-format", "gsm8k", "--db-path", fresh)
+    assert_one_line_error(result, "row 2")
+    assert not fresh.exists()  # validated before the store is even created
+
+
+def test_this_projects_records_in_a_dataset_keep_their_own_splits(tmp_path, db, records):
+    folder = save_to_disk(tmp_path / "ours", [{**r, "verify": json.dumps(r["verify"])}
+                                              for r in records])  # fmt: skip
+    result = dapo("db", "import", folder, "--split", "test", "--db-path", db)
+    assert result.exit_code == 0, result.output
+    n_train = sum(r["split"] == "train" for r in records)
+    assert f"{n_train} record(s) kept the split named in the file (train: {n_train})" in (
+        result.stdout
+    )
+    with Store(db) as s:
+        assert s.samples() == records
+
+
+def test_named_fields_need_the_fields_format(tmp_path, db):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps([{"q": "What is 2 + 2?", "a": 4}]))
+    result = dapo("db", "import", path, "--data-format", "fields", "--prompt-field", "q",
+                  "--answer-field", "a", "--db-path", db)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Store(db) as s:
+        assert [(r["prompt"], r["answer"]) for r in s.samples()] == [("What is 2 + 2?", "4")]
+    wrong = dapo("db", "import", path, "--prompt-field", "q", "--db-path", db)
+    assert_one_line_error(wrong, "--prompt-field and --answer-field need --data-format fields")
 
 
 # ------------------------------------------------------------------------ database paths
