@@ -37,9 +37,9 @@ from dapo_cli.scale.trained_model import (
     fsdp_options,
     is_sharded,
     load_optimizer_state,
+    master_weights,
     optimizer_state,
     prepare_trained,
-    weights_to_save,
 )
 from dapo_cli.scale.vllm_engine import INSTALL_HINT, VllmEngine, vllm_available
 from dapo_cli.sft import supervised_warm_start
@@ -250,7 +250,7 @@ def build_run(
         _supervise(policy, samples, config, observer)
     _add_lora(config, policy, source, observer)
     dist.broadcast_params(policy.model)
-    trained = _trained_module(config, policy, source, resume_from is not None, dist, observer)
+    trained = _trained_module(config, policy, source, state, dist, observer)
     samples = _fitting_prompts(policy, samples, config.data.max_prompt_tokens, observer)
     sampler = _sampler(config, source, policy, trained, dist, observer)
     reference, reference_source = None, None
@@ -342,14 +342,14 @@ def _add_lora(config: Config, policy: Policy, source: str, observer) -> None:
         )
 
 
-def _trained_module(config: Config, policy: Policy, source: str, resumed: bool, dist, observer):
+def _trained_module(config: Config, policy: Policy, source: str, state, dist, observer):
     """The module the optimiser updates (see scale/trained_model.py): the policy's own model, an
-    fp32 master copy of a bf16/fp16 policy (a resumed run's saved fp32 weights), or an FSDP
-    copy; said when it is not the policy's own."""
+    fp32 master copy of a bf16/fp16 policy (a resumed run's master weights, from its trainer
+    ``state``), or an FSDP copy; said when it is not the policy's own."""
     fp32_weights = None
-    if resumed and policy.model.dtype != torch.float32 and not lora.is_lora(policy.model):
-        # the saved master weights
+    if state is not None and state.get("master_weights") is not None:
         fp32_weights = load_policy(source, device=policy.device, dtype="float32").model
+        fp32_weights.load_state_dict(state["master_weights"])
     trained = prepare_trained(
         policy.model,
         dist,
@@ -459,6 +459,7 @@ class Run:
         under several processes: every rank calls it."""
         generators = self.dist.gather(self.generator.get_state())
         optim = optimizer_state(self.trained, self.optimizer)  # collective under FSDP
+        master = master_weights(self.trained, self.policy.model)  # collective under FSDP
         if not self.dist.main:
             return {}
         return {
@@ -466,7 +467,7 @@ class Run:
             "optimizer": optim, "scheduler": self.scheduler.state_dict(),
             "generators": generators,  # every rank's sampling stream, in rank order
             "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
-            "kl_reference": self.reference_source,
+            "kl_reference": self.reference_source, "master_weights": master,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -494,9 +495,8 @@ class Run:
     def save(self, path: Path) -> None:
         """A checkpoint of the weights and the trainer state (every rank calls it)."""
         state = self.state_dict()
-        model, weights = weights_to_save(self.trained, self.policy.model)  # collective (FSDP)
-        if self.dist.main:
-            ckpt.save_checkpoint(path, model, self.policy.tokenizer, state, weights=weights)
+        if self.dist.main:  # the rollout model: the function that was sampled and rewarded
+            ckpt.save_checkpoint(path, self.policy.model, self.policy.tokenizer, state)
         self.dist.barrier()
 
     def train(self) -> TrainResult:

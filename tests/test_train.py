@@ -68,8 +68,8 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, data_fi
 
 def test_bf16_trains_fp32_master_weights_and_resumes_from_them(tmp_path, data_file):
     """A bf16 policy samples in bf16 but the optimiser updates fp32 master weights: at lr 1e-6
-    nearly every weight moves (in pure bf16 about 2% would: the rest of the steps are below
-    bf16's resolution); checkpoints hold the fp32 weights, and a resumed run continues from
+    nearly every master weight moves (in pure bf16 about 2% would: the rest of the steps are
+    below bf16's resolution); the trainer state keeps them, and a resumed run continues from
     them exactly."""
     extra = ("model.dtype=bfloat16", "train.lr=1e-6", "train.steps=4")
     said = []
@@ -80,17 +80,37 @@ def test_bf16_trains_fp32_master_weights_and_resumes_from_them(tmp_path, data_fi
 
     straight = run_training(make_config(tmp_path / "a", data_file, *extra), observer=Listen())
     assert "mixed precision: bfloat16 compute, fp32 master weights" in said
-    before, after = weights(embedded_base()), weights(straight.final_dir)
-    assert all(v.dtype == torch.float32 for v in after.values())
-    moved = sum(int((before[k] != after[k]).sum()) for k in before)
+    before = weights(embedded_base())
+    master = torch.load(straight.final_dir / "trainer_state.pt", weights_only=False)[
+        "master_weights"
+    ]
+    assert all(v.dtype == torch.float32 for v in master.values())
+    moved = sum(int((before[k] != master[k]).sum()) for k in before)
     assert moved > 0.5 * sum(v.numel() for v in before.values())
 
     cfg = make_config(tmp_path / "b", data_file, *extra)
     with pytest.raises(Crash):  # dies after step 3, which is saved as it dies
         run_training(cfg, observer=CrashAt(3))
     resumed = run_training(cfg, resume=True)
-    b = weights(resumed.final_dir)
-    assert all(torch.equal(after[k], b[k]) for k in after), "resumed run diverged"
+    again = torch.load(resumed.final_dir / "trainer_state.pt", weights_only=False)
+    assert all(torch.equal(master[k], again["master_weights"][k]) for k in master), "diverged"
+    a, b = weights(straight.final_dir), weights(resumed.final_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_bf16_run_saves_the_weights_it_sampled_with(tmp_path, data_file):
+    """The checkpoint's model is the bf16 policy that was sampled and rewarded, not the fp32
+    master weights: those drift below bf16's resolution, unseen by any forward pass (on a
+    real 135M model the masters run in fp32 scored 0% where the policy scored 46%)."""
+    cfg = make_config(tmp_path, data_file, "model.dtype=bfloat16", "train.lr=1e-3")
+    result = run_training(cfg)
+    saved = AutoModelForCausalLM.from_pretrained(result.final_dir, dtype="auto")
+    assert saved.dtype == torch.bfloat16
+    master = torch.load(result.final_dir / "trainer_state.pt", weights_only=False)
+    rounded = {k: v.bfloat16() for k, v in master["master_weights"].items()}
+    assert all(torch.equal(v, rounded[k]) for k, v in saved.state_dict().items())
+    assert any(not torch.equal(v.float(), master["master_weights"][k])
+               for k, v in saved.state_dict().items())  # fmt: skip
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, data_file):

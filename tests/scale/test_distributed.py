@@ -198,13 +198,17 @@ def test_fsdp_under_accelerate_launch_trains_as_ddp_does(tmp_path, data_file):
     resumed = train("fsdp", "--resume", "--steps", "4")
     assert "resumed from" in resumed.stdout and "step    4" in resumed.stdout
 
-    # bf16 under FSDP: bf16 compute on fp32 shards; the checkpoint holds the fp32 weights,
-    # and at lr 1e-6 nearly all of them moved (in bf16 itself few would)
+    # bf16 under FSDP: bf16 compute on fp32 shards; the checkpoint holds the bf16 policy and
+    # its trainer state the whole fp32 master weights, of which at lr 1e-6 nearly all moved
+    # (in bf16 itself few would)
     low = train("fsdp16", "--set", "model.dtype=bfloat16", "--set", "train.lr=1e-6", fsdp=True)
     assert "mixed precision: bfloat16 compute, fp32 master weights" in low.stdout
-    saved = load_file(next((tmp_path / "fsdp16" / "dapo_final").glob("*.safetensors")))
-    assert saved.keys() == base.keys() and all(v.dtype == torch.float32 for v in saved.values())
-    moved = sum(int((saved[k] != base[k]).sum()) for k in base)
+    final = tmp_path / "fsdp16" / "dapo_final"
+    saved = load_file(next(final.glob("*.safetensors")))
+    assert saved.keys() == base.keys() and all(v.dtype == torch.bfloat16 for v in saved.values())
+    master = torch.load(final / "trainer_state.pt", weights_only=False)["master_weights"]
+    assert all(master[k].dtype == torch.float32 and master[k].shape == base[k].shape for k in base)
+    moved = sum(int((master[k] != base[k]).sum()) for k in base)
     assert moved > 0.5 * sum(v.numel() for v in base.values())
 
 
