@@ -233,11 +233,7 @@ def build_run(
     resume_from, state = _resume_point(out_dir, observer) if resume else (None, None)
 
     samples = load_samples(config, observer)
-    if config.reward.function:  # before any work: a wrong name fails here, in one line
-        load_reward(config.reward.function)
-        observer.message(f"reward: {config.reward.function} (in this process, not sandboxed)")
-    else:
-        _check_sandbox(config, samples, observer)
+    _check_reward(config, samples, observer)
     source, warm = _model_source(config, resume_from, samples, dist, observer)
     policy = load_policy(
         source, device=_device(config, dist), dtype=config.model.dtype,
@@ -307,6 +303,16 @@ def _resume_point(out_dir: Path, observer) -> tuple[Path, dict[str, Any]]:
     for problem in skipped:
         observer.message(f"resume: passed over a broken checkpoint: {problem}")
     return resume_from, state
+
+
+def _check_reward(config: Config, samples, observer) -> None:
+    """Before any work: a user reward that cannot be loaded, or task rewards whose sandbox
+    cannot start, fail here in one line."""
+    if config.reward.function:
+        load_reward(config.reward.function)
+        observer.message(f"reward: {config.reward.function} (in this process, not sandboxed)")
+    else:
+        _check_sandbox(config, samples, observer)
 
 
 def _model_source(config: Config, resume_from, samples, dist: Dist, observer) -> tuple[str, bool]:

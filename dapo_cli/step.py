@@ -140,7 +140,7 @@ def score_responses(
     return reward, correct
 
 
-def collect_batch(
+def collect_batch(  # the generation loop of one step, top to bottom (its metrics: _batch_stats)
     policy: Policy,
     stream: PromptStream,
     config: Config,

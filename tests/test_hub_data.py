@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dapo_cli.cli.app import app
+from dapo_cli.config import load_config
 from dapo_cli.errors import DapoError
 from dapo_cli.hub_data import gsm8k_answer, last_boxed, load_dataset_samples, user_turn
 from dapo_cli.samples import load_samples
@@ -133,10 +134,15 @@ def test_a_missing_local_path_is_not_looked_up_on_the_hub(tmp_path):
 
 
 def test_train_and_eval_on_a_gsm8k_folder_from_the_command_line(tmp_path):
+    """The issue's user: a save_to_disk GSM8K folder, a system prompt, their own reward."""
     folder = _save_splits(tmp_path / "gsm8k", GSM8K * 4, GSM8K)
     db = str(tmp_path / "d.db")
+    reward = tmp_path / "my_reward.py"
+    reward.write_text("def fn(prompts, completions, **columns):\n"
+                      "    return [float(len(c) % 2) for c in completions]\n")  # fmt: skip
     train = CliRunner().invoke(app, [
-        "train", "--data", str(folder), "--data-format", "gsm8k", "--steps", "1",
+        "train", "--data", str(folder), "--data-format", "gsm8k", "--data-split", "train",
+        "--system", "Reply with 'Answer: N'.", "--reward", f"{reward}:fn", "--steps", "1",
         "--group-size", "2", "--output-dir", str(tmp_path / "ck"), "--db-path", db,
         "--set", "warm_start.enabled=off", "--set", "algorithm.dynamic_sampling=false",
         "--set", "rollout.max_new_tokens=4", "--set", "algorithm.overlong_cache_len=1",
@@ -144,6 +150,9 @@ def test_train_and_eval_on_a_gsm8k_folder_from_the_command_line(tmp_path):
     ])  # fmt: skip
     assert train.exit_code == 0, train.output
     assert "data: 8 samples from" in train.output
+    assert f"reward: {reward}:fn (in this process" in train.output
+    saved = load_config(tmp_path / "ck" / "config.yaml").data  # the run's own configuration
+    assert saved.system_prompt == "Reply with 'Answer: N'." and saved.split == "train"
     evaluated = CliRunner().invoke(app, [
         "eval", "--model", str(tmp_path / "ck" / "dapo_final"), "--data", str(folder),
         "--data-format", "gsm8k", "--k", "1", "--db-path", db, "--json",

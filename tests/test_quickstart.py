@@ -8,7 +8,10 @@ from dapo_cli.cli.app import app
 from dapo_cli.store import Store
 
 
-def test_quickstart_runs_the_whole_pipeline(tmp_path):
+def test_quickstart_runs_the_whole_pipeline(tmp_path, monkeypatch):
+    monkeypatch.delenv("DAPO_HOME", raising=False)  # a new user's environment
+    monkeypatch.chdir(tmp_path.parent)
+    tmp_path = tmp_path / "work"  # --workdir elsewhere than the current folder
     args = ["quickstart", "--workdir", str(tmp_path), "--num-samples", "120", "--sft-steps", "3",
             "--sft-batch-size", "4",
             "--steps", "1", "--eval-prompts", "4", "--k", "2",
@@ -26,6 +29,8 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert "held-out accuracy, warm start → DAPO" in out and "pts" in out and "total" in out
     assert f"dapo chat --model {tmp_path / 'models' / 'checkpoints' / 'dapo_final'}" in out
     assert (tmp_path / "models" / "checkpoints" / "dapo_final" / "config.json").is_file()
+    assert (tmp_path / "models" / "embedded" / "tiny-1m" / "config.json").is_file()
+    assert not (tmp_path.parent / "models").exists()  # nothing built in the current folder
     evals = json.loads((tmp_path / "data" / "eval.json").read_text())
     assert [m["model"] for m in evals["models"]] == [
         str(tmp_path / "models" / "quickstart-warm"),

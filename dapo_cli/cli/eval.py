@@ -39,7 +39,7 @@ EXAMPLE = (
 
 @app.command("eval", epilog=EXAMPLE)
 @user_errors
-def eval_(
+def eval_(  # long for its option declarations; the body maps them to settings
     model: Annotated[
         list[str],
         typer.Option(help="Model path or HF id (repeat to compare; 'tiny-1m' = embedded base)."),

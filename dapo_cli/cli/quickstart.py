@@ -7,6 +7,7 @@ command first, so a user can rerun any stage by hand.
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from pathlib import Path
@@ -99,6 +100,8 @@ def quickstart(  # long for its options and five stages, each a few lines, top t
             "must be >= 1"
         )
     workdir.mkdir(parents=True, exist_ok=True)
+    # the embedded base model is built (once) under the workdir too, unless $DAPO_HOME says
+    os.environ.setdefault("DAPO_HOME", str(workdir / "models"))
     dataset, db_path = workdir / "data" / "quickstart.jsonl", workdir / "data" / "dapo.db"
     warm, out_dir = workdir / "models" / "quickstart-warm", workdir / "models" / "checkpoints"
     final, results = out_dir / "dapo_final", workdir / "data" / "eval.json"

@@ -97,7 +97,7 @@ TRAIN_EXAMPLE = (
 
 @app.command("train", epilog=TRAIN_EXAMPLE)
 @user_errors
-def train(
+def train(  # long for its option declarations; the body maps them to settings
     config: Annotated[
         Path | None, typer.Option(help="YAML config (see templates/default.yaml).")
     ] = None,
@@ -110,6 +110,9 @@ def train(
     data_config: DataConfigOption = None,
     system: SystemOption = None,
     prompt_template: PromptTemplateOption = None,
+    data_split: Annotated[
+        str | None, typer.Option(help="Which split of --data to train on (data.split; train).")
+    ] = None,
     reward: Annotated[
         str | None,
         typer.Option(
@@ -155,7 +158,7 @@ def train(
     overrides = list(set_ or [])
     flags = {
         "model.name": model, "data.path": data, "data.format": data_format,
-        "data.hub_config": data_config, "data.system_prompt": system,
+        "data.hub_config": data_config, "data.split": data_split, "data.system_prompt": system,
         "data.prompt_template": prompt_template, "reward.function": reward,
         "lora.r": lora_r, "lora.alpha": lora_alpha, "lora.target_modules": lora_targets,
         "train.steps": steps,
