@@ -17,3 +17,9 @@ class DataError(DapoError):
         self.where = where
         self.problem = problem
         super().__init__(f"{where}: {problem}" if where else problem)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none): what a
+    one-line error quotes of a library's failure."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

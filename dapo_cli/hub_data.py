@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dapo_cli.config import DATA_FORMATS
-from dapo_cli.errors import DapoError
+from dapo_cli.errors import DapoError, first_line
 from dapo_cli.records import validate_record
 from dapo_cli.tasks.answers import last_boxed  # one reading of \boxed{}, the verifier's
 
@@ -101,7 +101,7 @@ def _rows(source: str, split: str, hub_config: str | None):
     except DapoError:
         raise
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; one line for all
-        raise DapoError(f"{source}: not a readable dataset ({_first_line(exc)})") from None
+        raise DapoError(f"{source}: not a readable dataset ({_short(exc)})") from None
     if path.suffix.lower() in _BUILDERS or source.startswith(("/", ".", "~")):
         raise DapoError(f"{source}: no such file or folder")
     try:
@@ -110,14 +110,9 @@ def _rows(source: str, split: str, hub_config: str | None):
         named = f"{source} (configuration {hub_config})" if hub_config else source
         raise DapoError(
             f"{named}: not found as a file or folder, and the Hugging Face Hub could not "
-            f"give it ({_first_line(exc)}); without a network, save it with "
+            f"give it ({_short(exc)}); without a network, save it with "
             "datasets' save_to_disk where there is one and pass that folder"
         ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _mapper(fmt: str, prompt_field: str, answer_field: str) -> Callable[[Mapping], dict]:
@@ -159,3 +154,7 @@ def user_turn(messages: Any) -> str:
     if not users:
         raise ValueError("the chat has no user message")
     return users[-1]
+
+
+def _short(exc: BaseException) -> str:
+    return first_line(exc)[:300]  # a library's message can be a whole dump

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dapo_cli.config import LoraSettings
-from dapo_cli.errors import DapoError
+from dapo_cli.errors import DapoError, first_line
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -74,7 +74,7 @@ def add_adapters(model, settings: LoraSettings, base: str, seed: int):
             torch.manual_seed(seed)
             wrapped = get_peft_model(model, config)
     except ValueError as exc:  # e.g. a target module name the model does not have
-        raise DapoError(f"lora.target_modules={targets!r}: {_first_line(exc)}") from None
+        raise DapoError(f"lora.target_modules={targets!r}: {first_line(exc)}") from None
     wrapped.peft_config["default"].base_model_name_or_path = base
     return wrapped
 
@@ -87,7 +87,7 @@ def load_adapted(adapter: Path, base_model, *, trainable: bool):
     try:
         model = PeftModel.from_pretrained(base_model, adapter, is_trainable=trainable)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise DapoError(f"could not load the adapter in {adapter}: {_first_line(exc)}") from None
+        raise DapoError(f"could not load the adapter in {adapter}: {first_line(exc)}") from None
     return model if trainable else model.merge_and_unload()
 
 
@@ -111,7 +111,3 @@ def trainable_share(model) -> tuple[int, int]:
 
 def _names(targets: str) -> list[str]:
     return [t.strip() for t in targets.split(",") if t.strip()]
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

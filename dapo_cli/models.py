@@ -41,7 +41,7 @@ from transformers import (
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from dapo_cli.datagen import generate_dataset
-from dapo_cli.errors import DapoError
+from dapo_cli.errors import DapoError, first_line
 from dapo_cli.paths import templates_dir
 from dapo_cli.tasks import BUILTIN_TASK_TYPES, TASKS
 
@@ -331,10 +331,6 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _from_pretrained(loader, source: Path | str, **kwargs):
     """``loader.from_pretrained(source)``, with user-fixable failures as DapoError."""
     if isinstance(source, Path) and source.is_file():  # a .gguf file
@@ -343,7 +339,7 @@ def _from_pretrained(loader, source: Path | str, **kwargs):
         try:
             return loader.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:
-            raise DapoError(f"could not load the model in {source}: {_first_line(exc)}") from exc
+            raise DapoError(f"could not load the model in {source}: {first_line(exc)}") from exc
     try:  # the local Hugging Face cache first: works offline
         return loader.from_pretrained(source, local_files_only=True, **kwargs)
     except (OSError, ValueError):
@@ -358,7 +354,7 @@ def _from_pretrained(loader, source: Path | str, **kwargs):
     except (OSError, ValueError) as exc:
         raise DapoError(
             f"model {source!r} could not be loaded from the Hugging Face hub "
-            f"({_first_line(exc)}); check the id or pass a local path"
+            f"({first_line(exc)}); check the id or pass a local path"
         ) from exc
 
 
@@ -374,9 +370,9 @@ def _from_gguf(loader, file: Path, **kwargs):
         with _quiet_gguf_progress():
             return loader.from_pretrained(file.parent, gguf_file=file.name, **kwargs)
     except ImportError as exc:
-        raise DapoError(f"reading {file} needs the gguf package: {_first_line(exc)}") from exc
+        raise DapoError(f"reading {file} needs the gguf package: {first_line(exc)}") from exc
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise DapoError(f"could not load the GGUF model {file}: {_first_line(exc)}") from exc
+        raise DapoError(f"could not load the GGUF model {file}: {first_line(exc)}") from exc
 
 
 @contextlib.contextmanager

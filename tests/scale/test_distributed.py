@@ -47,18 +47,6 @@ def launch(
     return done
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "parity.jsonl"
-    rows = [
-        {"task_type": "test-parity", "prompt": f"Tell me about the number {i}.", "answer": "x",
-         "split": "train"}
-        for i in range(40)
-    ]  # fmt: skip
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def test_shards_cover_every_item_once():
     for n in range(0, 9):
         for world in (1, 2, 3):
