@@ -40,7 +40,7 @@ from benchmarks.common import (
     rollout_flops,
     rss_mib,
 )
-from dapo_cli.models import embedded_base
+from dapo_cli.models import embedded_base, resolve_dtype
 from dapo_cli.policy import Policy, load_policy
 from dapo_cli.rollout import sample
 
@@ -51,8 +51,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sizes",
         nargs="+",
         default=["tiny-1m", "tiny-10m"],
-        help="embedded model names (random init) or model folders (e.g. a warm-started model, "
-        "whose responses end at EOS)",
+        help="embedded model names (random init), model folders or .gguf files (e.g. a "
+        "warm-started or pretrained model, whose responses end at EOS)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="compute dtype of both: float32, bfloat16 or auto (dapo_cli's choice for this "
+        "machine); 'of peak' is against torch.mm's peak in it",
     )
     p.add_argument("--prompts", type=int, default=16, help="distinct prompts per batch")
     p.add_argument("--group", "-G", type=int, default=8, help="samples per prompt (G)")
@@ -129,9 +135,9 @@ def run_generate(policy: Policy, ids, mask, stop_ids, max_new, seed) -> tuple[fl
 
 
 def bench_size(size: str, args, prompts: list[str], models_dir: Path, peak: float) -> list[dict]:
-    folder = Path(size).is_dir()
+    folder = Path(size).exists()  # a model folder or .gguf file
     path = Path(size) if folder else embedded_base(size, cache_dir=models_dir)
-    policy = load_policy(str(path), device="cpu", dtype="float32")
+    policy = load_policy(str(path), device="cpu", dtype=args.dtype)
     shape = model_shape(policy.model)
     ids, mask = policy.encode(prompts, repeat=args.group)
     prompt_len = int(mask.sum()) / ids.size(0)  # mean real prompt tokens per row
@@ -167,6 +173,7 @@ def bench_size(size: str, args, prompts: list[str], models_dir: Path, peak: floa
         rows.append(
             {
                 "model": Path(size).name if folder else size,
+                "dtype": str(policy.model.dtype).removeprefix("torch."),
                 "mode": mode,
                 "batch": ids.size(0),
                 "prompt_len_padded": ids.size(1),
@@ -200,7 +207,7 @@ def print_table(result: dict[str, Any]) -> None:
     console.print(
         f"batch {s['prompts']} prompts × G={s['group']} = {s['prompts'] * s['group']} rows, "
         f"max_new_tokens={s['max_new_tokens']}, {s['repeats']} repeats (median), "
-        "temperature 1.0, top_p 1.0, fp32, inference_mode"
+        f"temperature 1.0, top_p 1.0, {s.get('dtype', 'float32')}, inference_mode"
     )
     table = Table(title="Rollout: dapo_cli.rollout.sample (ours) vs HF generate")
     for col in (
@@ -249,10 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         or Path(tempfile.gettempdir()) / "dapo_cli-bench-models"
     )
     mm = matmul_peak(args.matmul_sizes, args.matmul_repeats)
+    compute = resolve_dtype(args.dtype, torch.device("cpu"))
+    peaks = {"matmul": mm}
+    if compute != torch.float32:
+        peaks["matmul_bf16"] = matmul_peak(args.matmul_sizes, args.matmul_repeats, compute)
+    peak = peaks["matmul_bf16" if compute != torch.float32 else "matmul"]["peak_gflops"]
     prompts = prompts_for(args.prompts)
     rollouts = []
     for size in args.sizes:
-        rollouts += bench_size(size, args, prompts, models_dir, mm["peak_gflops"])
+        rollouts += bench_size(size, args, prompts, models_dir, peak)
     import transformers
 
     result = {
@@ -271,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             "max_new_tokens": args.max_new_tokens,
             "repeats": args.repeats,
             "modes": args.modes,
+            "dtype": str(compute).removeprefix("torch."),
             "quick": args.quick,
         },
-        "matmul": mm,
+        **peaks,
         "rollouts": rollouts,
         "peak_rss_mib": rss_mib(),
         "wall_s": time.perf_counter() - start,

@@ -49,7 +49,15 @@ WORKER_FLAG = "--worker"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", nargs="+", default=["tiny-1m", "tiny-10m"])
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["tiny-1m", "tiny-10m"],
+        help="embedded models (random init), or model folders / .gguf files",
+    )
+    p.add_argument(
+        "--dtype", default="auto", help="compute dtype: auto (dapo_cli's), float32, bfloat16"
+    )
     p.add_argument("--groups", nargs="+", type=int, default=[4, 8, 16], help="G values")
     p.add_argument("--lengths", nargs="+", type=int, default=[32, 64, 128], help="max new tokens")
     p.add_argument("--base-group", type=int, default=8, help="G while the length varies")
@@ -87,7 +95,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from dapo_cli.scale.trained_model import prepare_trained
 
     config = bench_config(spec["group"], spec["length"], spec["prompts"], spec["micro"])
-    policy = load_policy(spec["model_dir"])
+    policy = load_policy(spec["model_dir"], dtype=spec.get("dtype", "auto"))
     trained = prepare_trained(
         policy.model, SINGLE, gradient_checkpointing=bool(spec.get("gradient_checkpointing"))
     )
@@ -102,6 +110,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         **spec,
         "params": sum(p.numel() for p in policy.model.parameters()),
+        "compute_dtype": str(policy.model.dtype).removeprefix("torch."),
         "steps_raw": steps,
         "step_s": statistics.median(s["step_time"] for s in timed),
         "gen_s": statistics.median(s["gen_time"] for s in timed),
@@ -166,7 +175,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        cells = (r["size"], r["group"], r["length"], r["micro"], r["prompts"] * r["group"],
+        cells = (Path(r["size"]).name, r["group"], r["length"], r["micro"],
+                 r["prompts"] * r["group"],
                  f"{r['tokens']:.0f}", f"{r['step_s']:.2f}", f"{r['gen_s']:.2f}",
                  f"{r['step_s'] - r['gen_s']:.2f}", f"{r['rows_skipped']:.0%}",
                  f"{r['rss_loaded_mib']:.0f}",
@@ -188,15 +198,18 @@ def main(argv: list[str] | None = None) -> int:
         or os.environ.get("DAPO_HOME")
         or Path(tempfile.gettempdir()) / "dapo_cli-bench-models"
     )
-    dirs = {size: str(embedded_base(size, models_dir)) for size in args.sizes}
+    dirs = {
+        size: size if Path(size).exists() else str(embedded_base(size, models_dir))
+        for size in args.sizes
+    }
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)")  # fmt: skip
     print(f"settings: {args.prompts} prompts/step, {args.steps} steps per config "
-          "(median of all but the first), random-init models, dynamic sampling off")  # fmt: skip
+          f"(median of all but the first), dtype {args.dtype}, dynamic sampling off")  # fmt: skip
     rows = []
     for spec in [] if args.no_grid else grid(args):
         spec = {**spec, "prompts": args.prompts, "steps": args.steps,
-                "model_dir": dirs[spec["size"]]}  # fmt: skip
+                "model_dir": dirs[spec["size"]], "dtype": args.dtype}  # fmt: skip
         t0 = time.perf_counter()
         rows.append(run_worker(spec))
         print(f"  done {spec['size']} G={spec['group']} len={spec['length']} "

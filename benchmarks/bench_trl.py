@@ -46,7 +46,28 @@ from dapo_cli.datagen import generate_dataset  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", nargs="+", default=["tiny-1m", "tiny-10m"], help="embedded models")
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["tiny-1m", "tiny-10m"],
+        help="embedded models (warm-started first), or model folders / .gguf files (as they are)",
+    )
+    p.add_argument(
+        "--ours-dtypes",
+        nargs="+",
+        choices=["float32", "bfloat16", "auto"],
+        default=["float32"],
+        help="our trainer's compute dtypes, one run each: float32, bfloat16, auto (bf16 "
+        "compute keeps fp32 master weights)",
+    )
+    p.add_argument(
+        "--trl-dtypes",
+        nargs="+",
+        choices=["float32", "bfloat16"],
+        default=["float32"],
+        help="TRL's: float32, or bfloat16 (its bf16=True: autocast over fp32 weights)",
+    )
+    p.add_argument("--system", default=None, help="system prompt before every prompt (both)")
     p.add_argument("--steps", type=int, default=10, help="optimiser steps per run")
     p.add_argument("--prompts", type=int, default=16, help="prompts per step")
     p.add_argument("--group", "-G", type=int, default=8, help="samples per prompt (G)")
@@ -134,6 +155,8 @@ def warm_model(size: str, args, models_dir: Path) -> tuple[Path, dict[str, Any]]
         sort_keys=True,
     )  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    if Path(size).exists():  # a model folder or .gguf file, trained as it is
+        return Path(size), {"as_given": True}
     target = models_dir / "bench-trl-warm" / f"{size}-warm{args.warm_steps}-{digest}"
     info_file = target / "bench_warm_start.json"
     if info_file.is_file():
@@ -202,12 +225,14 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     from dapo_cli import rollout
     from dapo_cli.config import load_config
     from dapo_cli.policy import load_policy
+    from dapo_cli.scale.distributed import SINGLE
+    from dapo_cli.scale.trained_model import prepare_trained
 
     dynamic = job["dynamic_sampling"]
     P, G = job["prompts"], job["group"]
     overrides = [
         "model.device=cpu",
-        "model.dtype=float32",
+        f"model.dtype={job.get('dtype', 'float32')}",
         f"rollout.group_size={G}",
         f"rollout.max_new_tokens={job['max_new_tokens']}",
         "rollout.temperature=1.0",
@@ -238,11 +263,13 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     ]
     config = load_config(None, overrides)
     t = config.train
-    policy = load_policy(job["warm_dir"], device="cpu", dtype="float32")
+    policy = load_policy(job["warm_dir"], device="cpu", dtype=config.model.dtype)
+    policy.system = job.get("system")
+    trained = prepare_trained(policy.model, SINGLE)  # fp32 master weights of a bf16 policy
     samples = train_samples(job["num_samples"], job.get("reward", "task"))
     torch.manual_seed(t.seed)
     optimizer = torch.optim.AdamW(
-        [p for p in policy.model.parameters() if p.requires_grad],
+        [p for p in trained.parameters() if p.requires_grad],
         lr=t.lr,
         weight_decay=t.weight_decay,
     )
@@ -260,7 +287,8 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     for k in range(t.steps):
         n_before = len(sample_times)
         t0 = time.perf_counter()
-        m = T.dapo_step(T.StepState(policy, optimizer, scheduler, stream, generator, rng), config)
+        state = T.StepState(policy, optimizer, scheduler, stream, generator, rng, model=trained)
+        m = T.dapo_step(state, config)
         seconds = time.perf_counter() - t0
         steps.append(
             {
@@ -282,7 +310,8 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
                 "prompt_len_mean": lengths[k] if lengths else None,
             }
         )
-    return {"setup_s": setup_s, "steps": steps, "shape": model_shape(policy.model)}
+    dtype = str(policy.model.dtype).removeprefix("torch.")
+    return {"setup_s": setup_s, "steps": steps, "shape": model_shape(policy.model), "dtype": dtype}
 
 
 # --- worker: TRL -------------------------------------------------------------------------
@@ -303,7 +332,9 @@ def run_trl(job: dict[str, Any]) -> dict[str, Any]:
     P, G = job["prompts"], job["group"]
     rows = P * G
     micro = job["micro_batch"]
-    policy = load_policy(job["warm_dir"], device="cpu", dtype="float32")
+    policy = load_policy(job["warm_dir"], device="cpu", dtype="float32")  # bf16: autocast
+    policy.system = job.get("system")
+    system = [{"role": "system", "content": policy.system}] if policy.system else []
     model, tokenizer = policy.model, policy.tokenizer
     # TRL stops at model.generation_config.eos_token_id (plus the tokenizer's EOS): make it
     # exactly our stop ids (the embedded model already declares them; this only asserts it)
@@ -312,13 +343,16 @@ def run_trl(job: dict[str, Any]) -> dict[str, Any]:
     lengths = prompt_lengths(policy, prompts, P)
     dataset = datasets.Dataset.from_list(
         [
-            {"prompt": [{"role": "user", "content": s["prompt"]}], "sample_json": json.dumps(s)}
+            {
+                "prompt": [*system, {"role": "user", "content": s["prompt"]}],
+                "sample_json": json.dumps(s),
+            }  # fmt: skip
             for s in prompts
         ]
     )
     # The prompt TRL renders must be token for token the one we sample from.
     trl_ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompts[0]["prompt"]}],
+        [*system, {"role": "user", "content": prompts[0]["prompt"]}],
         add_generation_prompt=True,
         tokenize=True,
         return_dict=True,
@@ -407,9 +441,10 @@ def run_trl(job: dict[str, Any]) -> dict[str, Any]:
         lr_scheduler_type="constant",
         warmup_steps=0,
         max_grad_norm=1.0,
-        # fp32 on the CPU, no gradient checkpointing (TRL turns it on by default), no dropout
+        # on the CPU in fp32 or bf16 (autocast), no gradient checkpointing (TRL turns it on by
+        # default), no dropout
         use_cpu=True,
-        bf16=False,
+        bf16=job.get("dtype") == "bfloat16",
         fp16=False,
         gradient_checkpointing=False,
         disable_dropout=True,
@@ -472,6 +507,7 @@ def run_trl(job: dict[str, Any]) -> dict[str, Any]:
         "steps": steps,
         "shape": model_shape(model),
         "trl_version": trl.__version__,
+        "dtype": job.get("dtype", "float32"),
         "resolved_config": resolved,
         "prompt_ids_match": prompt_ids_match,
         "reward_calls": len(calls),
@@ -597,8 +633,27 @@ def flop_rates(runs: list[dict[str, Any]], rows: int, peak: float) -> dict[str, 
     return out
 
 
-def bench_size(size: str, args, models_dir: Path, tmp: Path, peak: float) -> dict[str, Any]:
+def trainers(args) -> list[tuple[str, str, str]]:
+    """(name, worker, dtype) of each trainer setting, ours first: e.g. ("ours bf16", "ours",
+    "bfloat16")."""
+    from dapo_cli.models import resolve_dtype
+
+    short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+    out = []
+    for kind, dtypes in (("ours", args.ours_dtypes), ("trl", args.trl_dtypes)):
+        for dt in dtypes:
+            resolved = str(resolve_dtype(dt, torch.device("cpu"))).removeprefix("torch.")
+            label = "ours" if kind == "ours" else "TRL"
+            out.append((f"{label} {short.get(resolved, resolved)}", kind, resolved))
+    return out
+
+
+def bench_size(size: str, args, models_dir: Path, tmp: Path, peaks: dict) -> dict[str, Any]:
+    """Every trainer setting on one model, alternating, ``args.repeats`` times; summaries,
+    FLOP rates against the matmul peak of each one's compute dtype, and TRL's best time over
+    ours's best."""
     warm_dir, warm_info = warm_model(size, args, models_dir)
+    label = Path(size).name if Path(size).exists() else size
     base_job = {
         "size": size,
         "warm_dir": str(warm_dir),
@@ -612,14 +667,16 @@ def bench_size(size: str, args, models_dir: Path, tmp: Path, peak: float) -> dic
         "ds_gen_factor": args.ds_gen_factor,
         "dynamic_sampling": False,
         "reward": args.reward,
+        "system": args.system,
     }
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
+    settings = trainers(args)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in settings}
     for rep in range(args.repeats):
-        job = {**base_job, "seed": args.seed + rep}
-        for kind in ("ours", "trl"):
-            print(f"{size}: repeat {rep + 1}/{args.repeats}, {kind} ...", flush=True)
-            r = run_worker(kind, job, tmp, f"{size}-{kind}-{rep}")
-            runs[kind].append(r)
+        for name, kind, dtype in settings:
+            job = {**base_job, "seed": args.seed + rep, "dtype": dtype}
+            print(f"{label}: repeat {rep + 1}/{args.repeats}, {name} ...", flush=True)
+            r = run_worker(kind, job, tmp, f"{label}-{name.replace(' ', '-')}-{rep}")
+            runs[name].append(r)
             st = r["steps"]
             print(
                 f"  {len(st)} steps, s/step "
@@ -627,29 +684,42 @@ def bench_size(size: str, args, models_dir: Path, tmp: Path, peak: float) -> dic
                 + f"; peak RSS {r['peak_rss_mib']:.0f} MiB",
                 flush=True,
             )
+    rows = args.prompts * args.group
+    summaries = {}
+    for name, _, dtype in settings:
+        summaries[name] = summarise(runs[name], args.reward_window)
+        summaries[name]["dtype"] = dtype
+        summaries[name]["flops"] = flop_rates(runs[name], rows, peaks[dtype])
+    fastest = {
+        kind: min((n for n, k, _ in settings if k == kind),
+                  key=lambda n: summaries[n]["s_per_step_median"])
+        for kind in ("ours", "trl")
+    }  # fmt: skip
+    trl_runs = [r for n, k, _ in settings if k == "trl" for r in runs[n]]
     result = {
-        "model": size,
+        "model": label,
         "warm_start": {"dir": str(warm_dir), **warm_info},
-        "rows_per_step": args.prompts * args.group,
-        "params": runs["ours"][0]["shape"]["params"],
-        "non_embedding_params": runs["ours"][0]["shape"]["non_embedding_params"],
-        "ours": summarise(runs["ours"], args.reward_window),
-        "trl": summarise(runs["trl"], args.reward_window),
-        "trl_prompt_ids_match": all(r["prompt_ids_match"] for r in runs["trl"]),
-        "trl_resolved_config": runs["trl"][0]["resolved_config"],
-        "trl_version": runs["trl"][0]["trl_version"],
+        "rows_per_step": rows,
+        "params": runs[fastest["ours"]][0]["shape"]["params"],
+        "non_embedding_params": runs[fastest["ours"]][0]["shape"]["non_embedding_params"],
+        "trainers": summaries,
+        "fastest": fastest,
+        "ours": summaries[fastest["ours"]],
+        "trl": summaries[fastest["trl"]],
+        "trl_prompt_ids_match": all(r["prompt_ids_match"] for r in trl_runs),
+        "trl_resolved_config": trl_runs[0]["resolved_config"],
+        "trl_version": trl_runs[0]["trl_version"],
         "raw": runs,
     }
-    rows = args.prompts * args.group
-    result["ours"]["flops"] = flop_rates(runs["ours"], rows, peak)
-    result["trl"]["flops"] = flop_rates(runs["trl"], rows, peak)
     o, t = result["ours"], result["trl"]
     result["ratio_trl_over_ours_s_per_step"] = t["s_per_step_median"] / o["s_per_step_median"]
     result["ratio_ours_over_trl_tokens_per_s"] = o["tokens_per_s_median"] / t["tokens_per_s_median"]
     if args.ds_gen_factor > 0:
-        job = {**base_job, "seed": args.seed, "dynamic_sampling": True, "steps": args.ds_steps}
-        print(f"{size}: ours with dynamic sampling (gen batch {args.ds_gen_factor}× prompts) ...")
-        r = run_worker("ours", job, tmp, f"{size}-ours-ds")
+        dtype = dict((n, d) for n, _, d in settings)[fastest["ours"]]
+        job = {**base_job, "seed": args.seed, "dynamic_sampling": True, "steps": args.ds_steps,
+               "dtype": dtype}  # fmt: skip
+        print(f"{label}: ours with dynamic sampling (gen batch {args.ds_gen_factor}× prompts) ...")
+        r = run_worker("ours", job, tmp, f"{label}-ours-ds")
         ds = summarise([r], args.reward_window)
         ds["gen_batches_per_step"] = [s["gen_batches"] for s in r["steps"]]
         ds["prompts_trained_per_step"] = [s["prompts_trained"] for s in r["steps"]]
@@ -674,8 +744,8 @@ def print_report(result: dict[str, Any]) -> None:
         f"{s['steps']} steps × {s['prompts']} prompts × G={s['group']} "
         f"= {s['prompts'] * s['group']} rows/step, max_new_tokens={s['max_new_tokens']}, "
         f"micro-batch {s['micro_batch']}, lr {s['lr']}, reward {s.get('reward', 'task')}, "
-        f"{s['repeats']} repeat(s); "
-        f"warm start {s['warm_steps']} steps; first step of each run not timed"
+        f"{s['repeats']} repeat(s); embedded models warm-started {s['warm_steps']} steps; "
+        f"system prompt: {s.get('system')!r}; first step of each run not timed"
     )
     table = Table(title="DAPO training step: dapo_cli (ours) vs TRL GRPOTrainer (loss_type=dapo)")
     cols = ["model", "trainer", "s/step", "min-max", "1st step", "tok/step", "tok/s",
@@ -684,7 +754,7 @@ def print_report(result: dict[str, Any]) -> None:
     for c in cols:
         table.add_column(c, justify="left" if c in ("model", "trainer") else "right")
     for r in result["models"]:
-        entries = [("ours", r["ours"]), ("TRL", r["trl"])]
+        entries = list(r["trainers"].items())
         if "ours_dynamic_sampling" in r:
             entries.append(("ours + dyn. sampling", r["ours_dynamic_sampling"]))
         for name, m in entries:
@@ -708,8 +778,8 @@ def print_report(result: dict[str, Any]) -> None:
     console.print(table)
     for r in result["models"]:
         console.print(
-            f"[bold]{r['model']}[/bold]: TRL s/step ÷ ours s/step = "
-            f"{r['ratio_trl_over_ours_s_per_step']:.2f} (target ≥ 3); ours tok/s ÷ TRL tok/s = "
+            f"[bold]{r['model']}[/bold]: {r['fastest']['trl']} s/step ÷ {r['fastest']['ours']} "
+            f"s/step = {r['ratio_trl_over_ours_s_per_step']:.2f} (target ≥ 3); tok/s ratio "
             f"{r['ratio_ours_over_trl_tokens_per_s']:.2f}; TRL prompt ids = ours: "
             f"{r['trl_prompt_ids_match']}"
         )
@@ -720,8 +790,8 @@ def print_report(result: dict[str, Any]) -> None:
                 f"per step {ds['gen_batches_per_step']}, prompts trained "
                 f"{ds['prompts_trained_per_step']}"
             )
-        for name in ("ours", "trl"):
-            f = r[name]["flops"]
+        for name, m in r["trainers"].items():
+            f = m["flops"]
             if f:
                 console.print(
                     f"  {name} FLOPs/step: rollout {f['rollout_gflop']:.2f} GFLOP, update "
@@ -730,7 +800,8 @@ def print_report(result: dict[str, Any]) -> None:
                     f"({100 * f['sample_of_peak']:.1f}% of peak), whole rollout "
                     f"{f['rollout_gflops']:.1f} ({100 * f['rollout_of_peak']:.1f}%), update "
                     f"{f['update_gflops']:.1f} ({100 * f['update_of_peak']:.1f}%), whole step "
-                    f"{f['step_gflops']:.1f} ({100 * f['step_of_peak']:.1f}%)"
+                    f"{f['step_gflops']:.1f} ({100 * f['step_of_peak']:.1f}%) of the "
+                    f"{m['dtype']} peak"
                 )
     console.print(f"total wall time {result['wall_s']:.0f} s")
 
@@ -748,10 +819,14 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:  # one-off, before anything is timed
         warm_model(size, args, models_dir)
     mm = matmul_peak(args.matmul_sizes, args.matmul_repeats)
+    peaks = {"matmul": mm}
+    if any(dtype == "bfloat16" for _, _, dtype in trainers(args)):
+        peaks["matmul_bf16"] = matmul_peak(args.matmul_sizes, args.matmul_repeats, torch.bfloat16)
+    by_dtype = {p["dtype"]: p["peak_gflops"] for p in peaks.values()}
     models = []
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
         for size in args.sizes:
-            models.append(bench_size(size, args, models_dir, Path(tmp), mm["peak_gflops"]))
+            models.append(bench_size(size, args, models_dir, Path(tmp), by_dtype))
     import transformers
     import trl
 
@@ -786,9 +861,12 @@ def main(argv: list[str] | None = None) -> int:
                 "ds_gen_factor",
                 "ds_steps",
                 "quick",
+                "ours_dtypes",
+                "trl_dtypes",
+                "system",
             )
         },  # fmt: skip
-        "matmul": mm,
+        **peaks,
         "models": models,
         "wall_s": time.perf_counter() - start,
     }

@@ -26,13 +26,15 @@ def rss_mib() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def matmul_peak(sizes: list[int], repeats: int) -> dict[str, Any]:
-    """Median GFLOP/s of ``torch.mm`` (fp32) per size; the peak is the best median."""
+def matmul_peak(
+    sizes: list[int], repeats: int, dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
+    """Median GFLOP/s of ``torch.mm`` in ``dtype`` per size; the peak is the best median."""
     per_size = {}
     gen = torch.Generator().manual_seed(0)
     for n in sizes:
-        a = torch.randn(n, n, generator=gen)
-        b = torch.randn(n, n, generator=gen)
+        a = torch.randn(n, n, generator=gen).to(dtype)
+        b = torch.randn(n, n, generator=gen).to(dtype)
         torch.mm(a, b)  # warm-up
         times = []
         for _ in range(repeats):
@@ -40,17 +42,22 @@ def matmul_peak(sizes: list[int], repeats: int) -> dict[str, Any]:
             torch.mm(a, b)
             times.append(time.perf_counter() - t0)
         per_size[n] = 2 * n**3 / statistics.median(times) / 1e9
-    return {"gflops_per_size": per_size, "peak_gflops": max(per_size.values())}
+    return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "gflops_per_size": per_size,
+        "peak_gflops": max(per_size.values()),
+    }
 
 
 def print_peak(console, result: dict[str, Any]) -> None:
     """The matmul peak line (shared with bench_trl.py)."""
-    mm = result["matmul"]
-    sizes = ", ".join(f"{n}: {g:.1f}" for n, g in mm["gflops_per_size"].items())
-    console.print(
-        f"[bold]fp32 torch.mm peak[/bold]: {mm['peak_gflops']:.1f} GFLOP/s "
-        f"(median per size {sizes}; {result['env']['torch_threads']} threads)"
-    )
+    peaks = [result["matmul"], *([result["matmul_bf16"]] if "matmul_bf16" in result else [])]
+    for mm in peaks:
+        sizes = ", ".join(f"{n}: {g:.1f}" for n, g in mm["gflops_per_size"].items())
+        console.print(
+            f"[bold]{mm.get('dtype', 'float32')} torch.mm peak[/bold]: {mm['peak_gflops']:.1f} "
+            f"GFLOP/s (median per size {sizes}; {result['env']['torch_threads']} threads)"
+        )
 
 
 def model_shape(model) -> dict[str, int]:

@@ -26,6 +26,13 @@ def _f(default: Any, help: str, paper: str | None = None, choices: tuple | None 
     return field(default=default, metadata=meta)
 
 
+DTYPE_HELP = (
+    "Compute dtype: auto (bfloat16 where the hardware computes in it: a recent GPU, or a CPU "
+    "with AVX512-BF16/AMX; else float32), float32, bfloat16 or float16. bf16 trains fp32 "
+    "master weights."
+)
+
+
 @dataclass
 class ModelConfig:
     name: str | None = _f(
@@ -40,7 +47,7 @@ class ModelConfig:
     device: str = _f("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
     dtype: str = _f(
         "auto",
-        "auto (bf16 on capable GPUs, fp32 on CPU), float32, bfloat16 or float16.",
+        DTYPE_HELP,
         choices=("auto", "float32", "bfloat16", "float16"),
     )
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
@@ -287,6 +294,7 @@ class SftSettings:
     seed: int = 0
     system: str | None = None  # the system prompt, as in training (data.system_prompt)
     template: str | None = None  # the prompt template, as in training (data.prompt_template)
+    dtype: str = "auto"  # the model's compute dtype (model.dtype)
 
     def check(self) -> SftSettings:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -311,6 +319,7 @@ class EvalSettings:
     system: str | None = None  # the system prompt, as in training (data.system_prompt)
     template: str | None = None  # the prompt template, as in training (data.prompt_template)
     scoring: Scoring = field(default_factory=Scoring)  # reward.last_number, format_reward
+    dtype: str = "auto"  # the models' compute dtype (model.dtype)
 
     @property
     def samples_per_prompt(self) -> int:

@@ -131,7 +131,8 @@ def evaluate_models(
         recorded["template"] = settings.template
     if settings.scoring != Scoring():  # recorded when it changes what counts
         recorded |= dataclasses.asdict(settings.scoring)
-    policies = [(name, load_policy(name)) for name in models]
+    policies = [(name, load_policy(name, dtype=settings.dtype)) for name in models]
+    recorded["dtype"] = str(policies[0][1].model.dtype).removeprefix("torch.")
     for _, policy in policies:
         policy.system = settings.system
         policy.template = settings.template

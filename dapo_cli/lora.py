@@ -91,7 +91,7 @@ def load_adapted(adapter: Path, base_model, *, trainable: bool):
     return model if trainable else model.merge_and_unload()
 
 
-def merge(adapter: str | os.PathLike, output: str | os.PathLike, dtype: str = "auto") -> Path:
+def merge(adapter: str | os.PathLike, output: str | os.PathLike, dtype: str = "float32") -> Path:
     """Write the adapter's base with the adapter merged in to ``output``: an ordinary model
     folder (weights, config, tokenizer) that loads without peft. Returns ``output``."""
     from dapo_cli.models import load_model_and_tokenizer

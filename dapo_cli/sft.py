@@ -151,7 +151,7 @@ def run_sft(
     a plain-text log beside the store), then saved to ``output``. Returns the summary."""
     settings.check()
     torch.manual_seed(settings.seed)
-    policy = load_policy(model)
+    policy = load_policy(model, dtype=settings.dtype)
     policy.system = settings.system
     policy.template = settings.template
     store = Store(resolve_db_path(db_path))

@@ -48,7 +48,8 @@ def test_only_the_adapters_train_and_the_checkpoint_is_the_adapter(base, trained
     config = json.loads((result.final_dir / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(base.resolve()) and config["r"] == 4
     assert any(m.startswith("LoRA: r 4, alpha 32 on all-linear") for m in said)
-    merged, start = weights(load_policy(str(result.final_dir)).model), weights(base)
+    merged = weights(load_policy(str(result.final_dir), dtype="float32").model)
+    start = weights(base)
     changed = {k for k in start if not torch.equal(start[k], merged[k])}
     assert changed and all(k.endswith("proj.weight") for k in changed)  # adapted layers only
     assert "model.embed_tokens.weight" not in changed and "model.norm.weight" not in changed
@@ -73,7 +74,9 @@ def test_eval_and_chat_load_the_adapter_and_merge_writes_an_ordinary_model(tmp_p
     assert merged.exit_code == 0, merged.output
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m")  # no peft involved
     x = torch.tensor([[5, 6, 7, 8]])
-    assert torch.allclose(plain(x).logits, load_policy(str(adapter)).model(x).logits, atol=1e-6)
+    assert torch.allclose(
+        plain(x).logits, load_policy(str(adapter), dtype="float32").model(x).logits, atol=1e-6
+    )
     assert not list((tmp_path / "m").glob("adapter_*"))
 
 

@@ -15,7 +15,7 @@ from dapo_cli import step as one_step
 from dapo_cli.cli.app import app
 from dapo_cli.config import load_config
 from dapo_cli.errors import DapoError
-from dapo_cli.models import embedded_base
+from dapo_cli.models import embedded_base, resolve_dtype
 from dapo_cli.rewards import register_verifier
 from dapo_cli.run import TrainObserver, run_training
 from dapo_cli.store import Store
@@ -176,8 +176,8 @@ def test_a_non_finite_loss_skips_the_update(tmp_path, data_file, monkeypatch):
     result = run_training(config)
     assert result.history[0]["nonfinite_skipped"] == 2  # both mini-batches skipped
     assert result.history[0]["updates"] == 0
-    before, after = weights(embedded_base()), weights(result.final_dir)
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    before, after = weights(embedded_base()), weights(result.final_dir)  # as saved, in its dtype
+    assert all(torch.equal(before[k].to(after[k].dtype), after[k]) for k in before)
 
 
 def test_cli_train_runs_and_bad_flags_fail_before_work(tmp_path, data_file):
@@ -193,7 +193,8 @@ def test_cli_train_runs_and_bad_flags_fail_before_work(tmp_path, data_file):
     (log,) = (tmp_path / "logs").glob("train-*.log")  # plain text beside the store, to grep
     text = log.read_text()
     assert "model: " in text and "step 2/2 reward_mean=" in text and "completed after 2" in text
-    assert re.search(r"model: \S+tiny-1m \(1\.0M parameters, float32\) on cpu", result.output)
+    dtype = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    assert re.search(rf"model: \S+tiny-1m \(1\.0M parameters, {dtype}\) on cpu", result.output)
     bad = runner.invoke(app, [*args, "--set", "train.lrr=1"])
     assert bad.exit_code == 1
     assert bad.stderr.strip().splitlines() == [
@@ -292,7 +293,7 @@ def test_rows_without_gradient_are_skipped_and_the_step_is_unchanged(tmp_path, m
         "train.gen_batch_size=8", "train.mini_batch_size=8",
         "train.micro_batch_size=5", "train.grad_clip=0", "train.lr=1.0",
     ])  # fmt: skip
-    policy = load_policy(str(embedded_base("tiny-1m")))
+    policy = load_policy(str(embedded_base("tiny-1m")), dtype="float32")  # compared to 1e-5
     samples = [json.loads(line) for line in path.read_text().splitlines()]
     batch = one_step.collect_batch(
         policy,

@@ -12,6 +12,7 @@ from rich.text import Text
 from dapo_cli.chat import ChatSession, ChatSettings, printable
 from dapo_cli.cli.chat_repl import ChatRepl, default_reader
 from dapo_cli.cli.common import (
+    DtypeOption,
     PromptTemplateOption,
     console,
     err_console,
@@ -52,6 +53,7 @@ def chat(  # long for its option declarations; the body is checks, load, then on
         int | None,
         typer.Option(help="Sampling seed (generation n uses seed + n); default: random."),
     ] = None,
+    dtype: DtypeOption = None,
     context_window: Annotated[
         int | None,
         typer.Option(
@@ -111,9 +113,9 @@ def chat(  # long for its option declarations; the body is checks, load, then on
     try:
         if prompt is None and is_interactive():
             with console.status(f"loading {name}..."):
-                policy = load_policy(model)
+                policy = load_policy(model, dtype=dtype or "auto")
         else:
-            policy = load_policy(model)
+            policy = load_policy(model, dtype=dtype or "auto")
         session = ChatSession(
             policy, model_name=name, settings=settings, system=system, template=prompt_template,
             window=context_window, store=store,

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from dapo_cli.config import DTYPE_HELP
 from dapo_cli.errors import DapoError
 
 # Under a multi-process launcher (accelerate launch, torchrun) only rank 0 prints.
@@ -37,6 +38,7 @@ SystemOption = Annotated[
     str | None,
     typer.Option(help="System prompt before every prompt, through the chat template."),
 ]
+DtypeOption = Annotated[str | None, typer.Option(help=DTYPE_HELP + " [default: auto]")]
 PromptTemplateOption = Annotated[
     str | None,
     typer.Option(

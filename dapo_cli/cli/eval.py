@@ -15,6 +15,7 @@ from dapo_cli.cli.common import (
     DATA_HELP,
     DataConfigOption,
     DataFormatOption,
+    DtypeOption,
     PromptTemplateOption,
     SystemOption,
     console,
@@ -74,6 +75,7 @@ def eval_(  # long for its option declarations; the body maps them to settings
     seed: Annotated[
         int, typer.Option(help="Sampling seed (the same for every model).")
     ] = DEFAULTS.seed,
+    dtype: DtypeOption = None,
     last_number: Annotated[
         bool,
         typer.Option(
@@ -96,7 +98,7 @@ def eval_(  # long for its option declarations; the body maps them to settings
     """
     settings = EvalSettings(
         split, k, temperature, top_p, greedy, max_new_tokens, seed, limit, system,
-        prompt_template, Scoring(last_number=last_number),
+        prompt_template, Scoring(last_number=last_number), dtype or DEFAULTS.dtype,
     )  # fmt: skip
     run_eval(
         model, data, db_path, settings, parse_csv_option(task_types), output, as_json,

@@ -25,8 +25,12 @@ def merge(
     ],
     output: Annotated[Path, typer.Option(help="Folder for the merged model.")],
     dtype: Annotated[
-        str, typer.Option(help="Weights' dtype: auto (float32 on a CPU), float32, bfloat16.")
-    ] = "auto",
+        str,
+        typer.Option(
+            help="The merged weights' dtype: float32 (no rounding), bfloat16 (half the size), "
+            "or auto (the compute dtype, as --dtype elsewhere)."
+        ),
+    ] = "float32",
 ) -> None:
     """Merge a LoRA adapter (a `dapo train --lora-r` checkpoint) into the base model it
     names and save the result as an ordinary Hugging Face model folder, which loads without

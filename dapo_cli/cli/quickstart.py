@@ -17,7 +17,13 @@ import typer
 from rich.rule import Rule
 from rich.table import Table
 
-from dapo_cli.cli.common import console, parse_csv_option, print_whole, user_errors
+from dapo_cli.cli.common import (
+    DtypeOption,
+    console,
+    parse_csv_option,
+    print_whole,
+    user_errors,
+)
 from dapo_cli.config import EvalSettings
 from dapo_cli.errors import DapoError
 
@@ -70,6 +76,7 @@ def quickstart(  # long for its options and five stages, each a few lines, top t
     ] = DEFAULT_EVAL_PROMPTS,
     k: Annotated[int, typer.Option(help="Samples per prompt for avg@k / pass@k.")] = EVAL.k,
     seed: Annotated[int, typer.Option(help="Seed for data, training and evaluation.")] = 0,
+    dtype: DtypeOption = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -106,6 +113,7 @@ def quickstart(  # long for its options and five stages, each a few lines, top t
     warm, out_dir = workdir / "models" / "quickstart-warm", workdir / "models" / "checkpoints"
     final, results = out_dir / "dapo_final", workdir / "data" / "eval.json"
     overrides = list(set_ or [])
+    dtype_argv = ["--dtype", dtype] if dtype else []  # every stage computes in the same dtype
     times: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -121,25 +129,28 @@ def quickstart(  # long for its options and five stages, each a few lines, top t
 
     sft_argv = ["dapo", "sft", "--data", str(dataset), "--steps", str(sft_steps),
                 "--batch-size", str(sft_batch_size), "--seed", str(seed), "--output", str(warm),
-                "--db-path", str(db_path)]  # fmt: skip
+                "--db-path", str(db_path), *dtype_argv]  # fmt: skip
     t = _stage(2, "warm start", sft_argv)
-    sft = SftSettings(sft_steps, sft_batch_size, cfg.warm_start.lr, seed)
+    lr = cfg.warm_start.lr
+    sft = SftSettings(sft_steps, sft_batch_size, lr, seed, dtype=dtype or SftSettings.dtype)
     train.run_sft_command(dataset, None, warm, sft, db_path)
     times["warm start"] = time.perf_counter() - t
 
     argv = ["dapo", "train", "--config", str(preset), "--model", str(warm), "--db-path",
             str(db_path), "--steps", str(steps), "--seed", str(seed), "--output-dir",
             str(out_dir)]  # fmt: skip
-    t = _stage(3, "DAPO", argv + [a for o in overrides for a in ("--set", o)])
+    t = _stage(3, "DAPO", argv + dtype_argv + [a for o in overrides for a in ("--set", o)])
     flags = {"model.name": warm, "data.db_path": db_path, "output.db_path": db_path,
-             "train.steps": steps, "train.seed": seed, "output.output_dir": out_dir}  # fmt: skip
+             "train.steps": steps, "train.seed": seed, "output.output_dir": out_dir,
+             **({"model.dtype": dtype} if dtype else {})}  # fmt: skip
     train.run_train_command(preset, [*overrides, *(f"{k}={v}" for k, v in flags.items())])
     times["DAPO"] = time.perf_counter() - t
 
     t = _stage(4, "evaluation", ["dapo", "eval", "--model", str(warm), "--model", str(final),
                                  "--db-path", str(db_path), "--k", str(k), "--limit",
-                                 str(eval_prompts), "--output", str(results)])  # fmt: skip
-    evaluation = EvalSettings(k=k, seed=seed, limit=eval_prompts)
+                                 str(eval_prompts), "--output", str(results),
+                                 *dtype_argv])  # fmt: skip
+    evaluation = EvalSettings(k=k, seed=seed, limit=eval_prompts, dtype=dtype or EVAL.dtype)
     eval_cmd.run_eval([str(warm), str(final)], None, db_path, evaluation, None, results)
     times["evaluation"] = time.perf_counter() - t
     total = time.perf_counter() - started

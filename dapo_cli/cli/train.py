@@ -13,6 +13,7 @@ from dapo_cli.cli.common import (
     DATA_HELP,
     DataConfigOption,
     DataFormatOption,
+    DtypeOption,
     PromptTemplateOption,
     SystemOption,
     console,
@@ -137,6 +138,7 @@ def train(  # long for its option declarations; the body maps them to settings
     group_size: Annotated[int | None, typer.Option(help="Responses per prompt (G).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    dtype: DtypeOption = None,
     output_dir: Annotated[Path | None, typer.Option(help="Checkpoint folder.")] = None,
     set_: Annotated[
         list[str] | None,
@@ -161,7 +163,7 @@ def train(  # long for its option declarations; the body maps them to settings
         "data.hub_config": data_config, "data.split": data_split, "data.system_prompt": system,
         "data.prompt_template": prompt_template, "reward.function": reward,
         "lora.r": lora_r, "lora.alpha": lora_alpha, "lora.target_modules": lora_targets,
-        "train.steps": steps,
+        "train.steps": steps, "model.dtype": dtype,
         "rollout.group_size": group_size, "train.lr": lr, "train.seed": seed,
         "output.output_dir": output_dir, "output.db_path": db_path,
     }  # fmt: skip
@@ -233,11 +235,12 @@ def sft(
     batch_size: Annotated[int, typer.Option(help="Samples per step.")] = SFT.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = SFT.lr,
     seed: Annotated[int, typer.Option(help="Random seed.")] = SFT.seed,
+    dtype: DtypeOption = None,
     db_path: Annotated[Path | None, typer.Option(help="SQLite store for the run's loss.")] = None,
 ) -> None:
     """Supervised fine-tuning on prompt → reference answer (loss on the answer tokens): the
     warm start that teaches a model the answer format before RL. Works on any causal LM."""
-    settings = SftSettings(steps, batch_size, lr, seed, system, prompt_template)
+    settings = SftSettings(steps, batch_size, lr, seed, system, prompt_template, dtype or SFT.dtype)
     run_sft_command(data, model, output, settings, db_path, data_format, data_config)
 
 

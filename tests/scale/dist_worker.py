@@ -27,7 +27,7 @@ def run_update(batch_file: str, model_dir: str, out: str, overrides: str) -> Non
     dist = distributed.from_env()
     distributed.GRAD_BUCKET_BYTES = 64_000  # the embedded model's gradients in ~70 buckets
     config = load_config(None, json.loads(overrides))
-    policy = load_policy(model_dir)
+    policy = load_policy(model_dir, dtype=config.model.dtype)
     trained = trained_model.prepare_trained(
         policy.model, dist, parallelism=config.train.parallelism
     )

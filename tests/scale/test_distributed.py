@@ -66,6 +66,7 @@ def test_two_processes_take_the_single_process_update(tmp_path, data_file, paral
         pytest.importorskip("accelerate")
     overrides = [
         f"train.parallelism={'auto' if launched else parallelism}", f"data.path={data_file}",
+        "model.dtype=float32",  # the same sums in either process layout, to fp32 rounding
         "rollout.group_size=4",
         "rollout.max_new_tokens=12",
         "algorithm.overlong_cache_len=4", "train.train_batch_size=6", "train.gen_batch_size=6",
@@ -78,7 +79,7 @@ def test_two_processes_take_the_single_process_update(tmp_path, data_file, paral
     ]  # fmt: skip
     config = load_config(None, overrides)
     model_dir = embedded_base("tiny-1m")
-    policy = load_policy(str(model_dir), device="cpu")  # as the launched processes (no GPU)
+    policy = load_policy(str(model_dir), device="cpu", dtype="float32")  # as the processes
     samples = [json.loads(line) for line in data_file.read_text().splitlines()]
     stream = one_step.PromptStream(samples, seed=0)
     batch = one_step.collect_batch(policy, stream, config, torch.Generator().manual_seed(0))
@@ -152,7 +153,8 @@ def test_fsdp_under_accelerate_launch_trains_as_ddp_does(tmp_path, data_file):
             "--set", "algorithm.overlong_cache_len=2",
             "--set", "algorithm.overlong_filtering=false", "--set", "train.train_batch_size=4",
             "--set", "train.gen_batch_size=4", "--set", "train.mini_batch_size=2",
-            "--set", "train.lr=1e-3", "--set", "output.save_every=2", *extra, fsdp=fsdp,
+            "--set", "train.lr=1e-3", "--set", "output.save_every=2",
+            "--set", "model.dtype=float32", *extra, fsdp=fsdp,  # compared to fp32 rounding
         )  # fmt: skip
 
     ddp, fsdp = train("ddp"), train("fsdp", fsdp=True)

@@ -43,7 +43,7 @@ def test_rollout_from_tokens_pads_prompts_left_and_responses_right():
 def test_recomputed_logprobs_are_the_samplers_own():
     """Rebuilt from plain token lists (what vLLM returns), in micro-batches, the recomputed
     old log-probs equal those our sampler recorded for the same tokens."""
-    policy = load_policy(str(embedded_base("tiny-1m")), device="cpu")
+    policy = load_policy(str(embedded_base("tiny-1m")), device="cpu", dtype="float32")
     ids, mask = policy.encode(["Add 2 and 3.", "Which is larger, 7 or 12?"])
     g = torch.Generator().manual_seed(0)
     r = sample(policy.model, ids, mask, repeat=3, max_new_tokens=10,
