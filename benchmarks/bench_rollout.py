@@ -40,7 +40,7 @@ from benchmarks.common import (
     rollout_flops,
     rss_mib,
 )
-from dapo_cli.models import embedded_base, resolve_dtype
+from dapo_cli.models import embedded_base
 from dapo_cli.policy import Policy, load_policy
 from dapo_cli.rollout import sample
 
@@ -134,10 +134,11 @@ def run_generate(policy: Policy, ids, mask, stop_ids, max_new, seed) -> tuple[fl
     return dt, count_generate_tokens(new_ids, stop_ids), int(new_ids.size(1))
 
 
-def bench_size(size: str, args, prompts: list[str], models_dir: Path, peak: float) -> list[dict]:
+def bench_size(size: str, args, prompts: list[str], models_dir: Path, peaks: dict) -> list[dict]:
     folder = Path(size).exists()  # a model folder or .gguf file
     path = Path(size) if folder else embedded_base(size, cache_dir=models_dir)
     policy = load_policy(str(path), device="cpu", dtype=args.dtype)
+    peak = peaks[str(policy.model.dtype).removeprefix("torch.")]
     shape = model_shape(policy.model)
     ids, mask = policy.encode(prompts, repeat=args.group)
     prompt_len = int(mask.sum()) / ids.size(0)  # mean real prompt tokens per row
@@ -256,15 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         or Path(tempfile.gettempdir()) / "dapo_cli-bench-models"
     )
     mm = matmul_peak(args.matmul_sizes, args.matmul_repeats)
-    compute = resolve_dtype(args.dtype, torch.device("cpu"))
     peaks = {"matmul": mm}
-    if compute != torch.float32:
-        peaks["matmul_bf16"] = matmul_peak(args.matmul_sizes, args.matmul_repeats, compute)
-    peak = peaks["matmul_bf16" if compute != torch.float32 else "matmul"]["peak_gflops"]
+    if args.dtype != "float32":
+        peaks["matmul_bf16"] = matmul_peak(args.matmul_sizes, args.matmul_repeats, torch.bfloat16)
+    by_dtype = {p["dtype"]: p["peak_gflops"] for p in peaks.values()}
     prompts = prompts_for(args.prompts)
     rollouts = []
     for size in args.sizes:
-        rollouts += bench_size(size, args, prompts, models_dir, peak)
+        rollouts += bench_size(size, args, prompts, models_dir, by_dtype)
     import transformers
 
     result = {
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_new_tokens": args.max_new_tokens,
             "repeats": args.repeats,
             "modes": args.modes,
-            "dtype": str(compute).removeprefix("torch."),
+            "dtype": args.dtype,
             "quick": args.quick,
         },
         **peaks,

@@ -634,14 +634,14 @@ def flop_rates(runs: list[dict[str, Any]], rows: int, peak: float) -> dict[str, 
 
 
 def trainers(args) -> list[tuple[str, str, str]]:
-    """(name, worker, dtype) of each trainer setting, ours first: e.g. ("ours bf16", "ours",
-    "bfloat16")."""
+    """(name, worker, dtype) of each trainer setting, ours first: e.g.
+    ("ours bf16", "ours", "bfloat16"); ``auto`` as dapo_cli resolves it on this CPU."""
     from dapo_cli.models import resolve_dtype
 
     short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
     out = []
     for kind, dtypes in (("ours", args.ours_dtypes), ("trl", args.trl_dtypes)):
-        for dt in dtypes:
+        for dt in dict.fromkeys(dtypes):
             resolved = str(resolve_dtype(dt, torch.device("cpu"))).removeprefix("torch.")
             label = "ours" if kind == "ours" else "TRL"
             out.append((f"{label} {short.get(resolved, resolved)}", kind, resolved))
@@ -669,7 +669,7 @@ def bench_size(size: str, args, models_dir: Path, tmp: Path, peaks: dict) -> dic
         "reward": args.reward,
         "system": args.system,
     }
-    settings = trainers(args)
+    settings = list(dict.fromkeys(trainers(args)))  # auto may repeat another
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in settings}
     for rep in range(args.repeats):
         for name, kind, dtype in settings:
@@ -820,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
         warm_model(size, args, models_dir)
     mm = matmul_peak(args.matmul_sizes, args.matmul_repeats)
     peaks = {"matmul": mm}
-    if any(dtype == "bfloat16" for _, _, dtype in trainers(args)):
+    if "bfloat16" in args.ours_dtypes + args.trl_dtypes or "auto" in args.ours_dtypes:
         peaks["matmul_bf16"] = matmul_peak(args.matmul_sizes, args.matmul_repeats, torch.bfloat16)
     by_dtype = {p["dtype"]: p["peak_gflops"] for p in peaks.values()}
     models = []
