@@ -31,6 +31,7 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path, monkeypatch):
         assert stage in out
     assert "$ dapo gen-data --num-samples 120" in out  # each stage shows its own command
     assert "--steps 3 --batch-size 4" in out
+    assert out.count("--dtype float32") == 3  # the preset's dtype, in sft, train and eval
     assert "held-out accuracy, warm start → DAPO" in out and "pts" in out and "total" in out
     assert f"dapo chat --model {tmp_path / 'models' / 'checkpoints' / 'dapo_final'}" in out
     assert (tmp_path / "models" / "checkpoints" / "dapo_final" / "config.json").is_file()

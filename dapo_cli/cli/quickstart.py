@@ -17,13 +17,7 @@ import typer
 from rich.rule import Rule
 from rich.table import Table
 
-from dapo_cli.cli.common import (
-    DtypeOption,
-    console,
-    parse_csv_option,
-    print_whole,
-    user_errors,
-)
+from dapo_cli.cli.common import console, parse_csv_option, print_whole, user_errors
 from dapo_cli.config import EvalSettings
 from dapo_cli.errors import DapoError
 
@@ -76,7 +70,13 @@ def quickstart(  # long for its options and five stages, each a few lines, top t
     ] = DEFAULT_EVAL_PROMPTS,
     k: Annotated[int, typer.Option(help="Samples per prompt for avg@k / pass@k.")] = EVAL.k,
     seed: Annotated[int, typer.Option(help="Seed for data, training and evaluation.")] = 0,
-    dtype: DtypeOption = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="Compute dtype of every stage: float32, bfloat16 or auto (model.dtype) "
+            "[default: the preset's, float32]."
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -113,7 +113,8 @@ def quickstart(  # long for its options and five stages, each a few lines, top t
     warm, out_dir = workdir / "models" / "quickstart-warm", workdir / "models" / "checkpoints"
     final, results = out_dir / "dapo_final", workdir / "data" / "eval.json"
     overrides = list(set_ or [])
-    dtype_argv = ["--dtype", dtype] if dtype else []  # every stage computes in the same dtype
+    dtype = dtype or cfg.model.dtype  # the preset's (float32) unless --dtype or --set says
+    dtype_argv = ["--dtype", dtype]  # every stage computes in the same dtype
     times: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -132,7 +133,7 @@ def quickstart(  # long for its options and five stages, each a few lines, top t
                 "--db-path", str(db_path), *dtype_argv]  # fmt: skip
     t = _stage(2, "warm start", sft_argv)
     lr = cfg.warm_start.lr
-    sft = SftSettings(sft_steps, sft_batch_size, lr, seed, dtype=dtype or SftSettings.dtype)
+    sft = SftSettings(sft_steps, sft_batch_size, lr, seed, dtype=dtype)
     train.run_sft_command(dataset, None, warm, sft, db_path)
     times["warm start"] = time.perf_counter() - t
 
@@ -142,7 +143,7 @@ def quickstart(  # long for its options and five stages, each a few lines, top t
     t = _stage(3, "DAPO", argv + dtype_argv + [a for o in overrides for a in ("--set", o)])
     flags = {"model.name": warm, "data.db_path": db_path, "output.db_path": db_path,
              "train.steps": steps, "train.seed": seed, "output.output_dir": out_dir,
-             **({"model.dtype": dtype} if dtype else {})}  # fmt: skip
+             "model.dtype": dtype}  # fmt: skip
     train.run_train_command(preset, [*overrides, *(f"{k}={v}" for k, v in flags.items())])
     times["DAPO"] = time.perf_counter() - t
 
@@ -150,7 +151,7 @@ def quickstart(  # long for its options and five stages, each a few lines, top t
                                  "--db-path", str(db_path), "--k", str(k), "--limit",
                                  str(eval_prompts), "--output", str(results),
                                  *dtype_argv])  # fmt: skip
-    evaluation = EvalSettings(k=k, seed=seed, limit=eval_prompts, dtype=dtype or EVAL.dtype)
+    evaluation = EvalSettings(k=k, seed=seed, limit=eval_prompts, dtype=dtype)
     eval_cmd.run_eval([str(warm), str(final)], None, db_path, evaluation, None, results)
     times["evaluation"] = time.perf_counter() - t
     total = time.perf_counter() - started
