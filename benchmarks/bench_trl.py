@@ -634,18 +634,18 @@ def flop_rates(runs: list[dict[str, Any]], rows: int, peak: float) -> dict[str, 
 
 
 def trainers(args) -> list[tuple[str, str, str]]:
-    """(name, worker, dtype) of each trainer setting, ours first: e.g.
+    """(name, worker, dtype) of each trainer setting, ours first, each once: e.g.
     ("ours bf16", "ours", "bfloat16"); ``auto`` as dapo_cli resolves it on this CPU."""
     from dapo_cli.models import resolve_dtype
 
     short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
     out = []
     for kind, dtypes in (("ours", args.ours_dtypes), ("trl", args.trl_dtypes)):
-        for dt in dict.fromkeys(dtypes):
+        for dt in dtypes:
             resolved = str(resolve_dtype(dt, torch.device("cpu"))).removeprefix("torch.")
             label = "ours" if kind == "ours" else "TRL"
             out.append((f"{label} {short.get(resolved, resolved)}", kind, resolved))
-    return out
+    return list(dict.fromkeys(out))  # "auto" may resolve to a dtype also asked for
 
 
 def bench_size(size: str, args, models_dir: Path, tmp: Path, peaks: dict) -> dict[str, Any]:
@@ -669,7 +669,7 @@ def bench_size(size: str, args, models_dir: Path, tmp: Path, peaks: dict) -> dic
         "reward": args.reward,
         "system": args.system,
     }
-    settings = list(dict.fromkeys(trainers(args)))  # auto may repeat another
+    settings = trainers(args)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in settings}
     for rep in range(args.repeats):
         for name, kind, dtype in settings:

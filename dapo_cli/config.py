@@ -294,7 +294,7 @@ class SftSettings:
     seed: int = 0
     system: str | None = None  # the system prompt, as in training (data.system_prompt)
     template: str | None = None  # the prompt template, as in training (data.prompt_template)
-    dtype: str = "auto"  # the model's compute dtype (model.dtype)
+    dtype: str = ModelConfig.dtype  # the model's compute dtype (model.dtype)
 
     def check(self) -> SftSettings:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -319,7 +319,7 @@ class EvalSettings:
     system: str | None = None  # the system prompt, as in training (data.system_prompt)
     template: str | None = None  # the prompt template, as in training (data.prompt_template)
     scoring: Scoring = field(default_factory=Scoring)  # reward.last_number, format_reward
-    dtype: str = "auto"  # the models' compute dtype (model.dtype)
+    dtype: str = ModelConfig.dtype  # the models' compute dtype (model.dtype)
 
     @property
     def samples_per_prompt(self) -> int:

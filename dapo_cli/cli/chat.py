@@ -20,7 +20,7 @@ from dapo_cli.cli.common import (
     is_interactive,
     user_errors,
 )
-from dapo_cli.config import prompt_template_problem
+from dapo_cli.config import ModelConfig, prompt_template_problem
 from dapo_cli.errors import DapoError
 
 app = typer.Typer()
@@ -110,12 +110,13 @@ def chat(  # long for its option declarations; the body is checks, load, then on
     quiet_transformers()
     store = Store(resolve_db_path(db_path))  # a bad --db-path fails before the model loads
     name = model or DEFAULT_EMBEDDED_SIZE
+    dtype = dtype or ModelConfig.dtype
     try:
         if prompt is None and is_interactive():
             with console.status(f"loading {name}..."):
-                policy = load_policy(model, dtype=dtype or "auto")
+                policy = load_policy(model, dtype=dtype)
         else:
-            policy = load_policy(model, dtype=dtype or "auto")
+            policy = load_policy(model, dtype=dtype)
         session = ChatSession(
             policy, model_name=name, settings=settings, system=system, template=prompt_template,
             window=context_window, store=store,
