@@ -202,6 +202,12 @@ def _validated(raw: Mapping[str, Any], default_split: str, where: str) -> dict[s
 # ------------------------------------------------------------------------------- writing
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike):
     """Open ``path`` for binary writing so that it appears only when complete: writes go to a
@@ -211,6 +217,7 @@ def atomic_file(path: str | os.PathLike):
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
     except OSError as exc:
         raise DapoError(f"{p}: cannot write here ({exc.strerror})") from None
     try:

@@ -116,3 +116,15 @@ def test_write_failure_leaves_no_file(tmp_path):
     blocker.write_text("x")
     with pytest.raises(DapoError, match="cannot write here"):
         write_records(blocker / "out.jsonl", [validate_record(GOOD)])
+
+
+def test_written_files_get_the_umask_permissions_not_mkstemps_private_0600(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = tmp_path / "data.jsonl"
+        write_records(path, [{"prompt": "2+2?", "answer": "4"}])
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
