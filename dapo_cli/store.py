@@ -8,6 +8,9 @@ the ``migrations`` table when applied):
     runs          one row per train/eval/sft run: kind, status, model, config (JSON), times
     metrics       what a run logs: (run_id, step, name, value, time in unix seconds)
     interactions  chat turns: prompt, response, sampling params (JSON), latency, token counts
+    experiments   one row per experiment (``dapo ablate``): kind, name, settings (JSON), status
+    experiment_runs  which runs make up an experiment: (experiment_id, run_id, rung, seed,
+                  role = train | eval, step = the checkpoint an eval evaluated)
 
 A training run, an eval and a chat may write at the same time: the database is in WAL mode
 (readers never block the writer), each write is one short ``BEGIN IMMEDIATE`` transaction,
@@ -38,6 +41,7 @@ from dapo_cli.tasks.base import canonical_json
 
 RUN_KINDS = ("train", "eval", "sft")
 RUN_STATUSES = ("running", "completed", "converged", "failed", "interrupted")
+EXPERIMENT_ROLES = ("train", "eval")
 BUSY_TIMEOUT_S = 30.0
 
 
@@ -82,7 +86,25 @@ def m001_initial(db: Database) -> None:
     db["interactions"].create_index(["session"])
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial]
+def m002_experiments(db: Database) -> None:
+    """experiments and experiment_runs (an ablation's runs under one id)."""
+    db["experiments"].create(
+        {"id": str, "kind": str, "name": str, "settings": str, "status": str,
+         "started_at": str, "ended_at": str},
+        pk="id",
+        not_null={"kind", "name", "settings", "status", "started_at"},
+    )  # fmt: skip
+    db["experiments"].create_index(["name"])
+    db["experiment_runs"].create(
+        {"experiment_id": str, "run_id": str, "rung": str, "seed": int, "role": str,
+         "step": int},
+        pk=("experiment_id", "run_id"),
+        not_null={"rung", "seed", "role", "step"},
+        foreign_keys=[("experiment_id", "experiments", "id"), ("run_id", "runs", "id")],
+    )  # fmt: skip
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_experiments]
 
 
 # --------------------------------------------------------------------------------- store
@@ -305,6 +327,60 @@ class Store:
             sql, params = sql + " AND name = ?", [*params, name]
         return list(self.db.query(sql + " ORDER BY step, rowid", params))
 
+    # ----------------------------------------------------------------------- experiments
+
+    def start_experiment(self, kind: str, name: str, settings: Mapping[str, Any]) -> str:
+        """Record a new experiment (status ``running``); returns its id (32 hex digits)."""
+        row = {"id": uuid.uuid4().hex, "kind": kind, "name": name,
+               "settings": json.dumps(dict(settings), sort_keys=True, default=str),
+               "status": "running", "started_at": _now(), "ended_at": None}  # fmt: skip
+        with self._write():
+            self.db["experiments"].insert(row)
+        return row["id"]
+
+    def experiments(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Experiments (all, or those named ``name``) in start order, ``settings`` decoded."""
+        return self._decoded_rows("experiments", "settings", "name", name)
+
+    def get_experiment(self, experiment_id: str) -> dict[str, Any]:
+        rows = self._decoded_rows("experiments", "settings", "id", experiment_id)
+        if not rows:
+            raise DapoError(f"{self.path}: no experiment {experiment_id!r}")
+        return rows[0]
+
+    def set_experiment_status(self, experiment_id: str, status: str) -> None:
+        """running again (resumed), or how it ended (``ended_at`` stamped then)."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+        ended = None if status == "running" else _now()
+        with self._write():
+            self.db.execute(
+                "UPDATE experiments SET status = ?, ended_at = ? WHERE id = ?",
+                (status, ended, experiment_id),
+            )
+
+    def add_experiment_run(
+        self, experiment_id: str, run_id: str, *, rung: str, seed: int, role: str, step: int = 0
+    ) -> None:
+        """File a run under an experiment: the rung and seed it belongs to, its role (train,
+        or eval of the checkpoint at ``step``)."""
+        if role not in EXPERIMENT_ROLES:
+            raise ValueError(f"role must be one of {', '.join(EXPERIMENT_ROLES)}, got {role!r}")
+        row = {"experiment_id": experiment_id, "run_id": run_id, "rung": rung,
+               "seed": int(seed), "role": role, "step": int(step)}  # fmt: skip
+        with self._write():
+            self.db["experiment_runs"].insert(row, replace=True)
+
+    def experiment_runs(self, experiment_id: str) -> list[dict[str, Any]]:
+        """An experiment's runs in filing order: rung, seed, role, step, and the run's own
+        kind, status, model, started_at and ended_at."""
+        sql = (
+            "SELECT e.rung, e.seed, e.role, e.step, r.id AS run_id, r.kind, r.status, "
+            "r.model, r.started_at, r.ended_at FROM experiment_runs e "
+            "JOIN runs r ON r.id = e.run_id WHERE e.experiment_id = ? ORDER BY e.rowid"
+        )
+        return list(self.db.query(sql, [experiment_id]))
+
     # ---------------------------------------------------------------------- interactions
 
     def log_interaction(
@@ -359,6 +435,7 @@ class Store:
             )),
             "metrics": self.db["metrics"].count,
             "interactions": self.db["interactions"].count,
+            "experiments": self.db["experiments"].count,
         }  # fmt: skip
 
 

@@ -216,7 +216,33 @@ def test_stats_is_plain_data(store, records):
         "runs": [{"kind": "train", "status": "interrupted", "count": 1}],
         "metrics": 2,
         "interactions": 1,
+        "experiments": 0,
     }
+
+
+def test_an_experiment_files_its_runs_by_rung_seed_role_and_step(store):
+    experiment = store.start_experiment("ablation", "/runs/a", {"seeds": 2})
+    train = store.start_run("train", {}, model="m")
+    evaluation = store.start_run("eval", {}, model="m/ck")
+    store.add_experiment_run(experiment, train, rung="grpo", seed=1, role="train")
+    store.add_experiment_run(experiment, evaluation, rung="grpo", seed=1, role="eval", step=5)
+    store.add_experiment_run(experiment, train, rung="grpo", seed=1, role="train")  # refiled
+    store.finish_run(train, "completed")
+    filed = store.experiment_runs(experiment)
+    assert [(r["rung"], r["seed"], r["role"], r["step"], r["status"]) for r in filed] == [
+        ("grpo", 1, "eval", 5, "running"), ("grpo", 1, "train", 0, "completed"),
+    ]  # fmt: skip
+    assert store.experiments("/runs/a")[0]["settings"] == {"seeds": 2}
+    store.set_experiment_status(experiment, "interrupted")
+    got = store.get_experiment(experiment)
+    assert got["status"] == "interrupted" and got["ended_at"] is not None
+    store.set_experiment_status(experiment, "running")
+    assert store.get_experiment(experiment)["ended_at"] is None
+    with pytest.raises(ValueError, match="role"):
+        store.add_experiment_run(experiment, train, rung="grpo", seed=1, role="other")
+    with pytest.raises(DapoError, match="no experiment"):
+        store.get_experiment("nope")
+    assert store.stats()["experiments"] == 1
 
 
 # ------------------------------------------------------------------------- concurrency

@@ -218,7 +218,10 @@ def stats(db_path: DbPath = None) -> None:
         console.print(runs)
     else:
         say("runs: none yet")
-    say(f"metrics: {s['metrics']} values logged; interactions: {s['interactions']}")
+    say(
+        f"metrics: {s['metrics']} values logged; interactions: {s['interactions']}; "
+        f"experiments: {s['experiments']} (dapo report draws them)"
+    )
 
 
 def samples_table(counts: list[dict[str, Any]]) -> Table:

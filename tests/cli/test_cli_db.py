@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dapo_cli.cli.app import app
 from dapo_cli.datagen import generate_dataset
 from dapo_cli.records import read_records, write_records
-from dapo_cli.store import Store
+from dapo_cli.store import MIGRATIONS, Store
 
 FORMATS = ("jsonl", "csv", "parquet")
 runner = CliRunner()
@@ -65,12 +65,14 @@ def test_init_twice_is_harmless(db):
     first = dapo("db", "init", "--db-path", db)
     assert first.exit_code == 0, first.output
     assert (
-        str(db) in first.stdout and "m001_initial" in first.stdout and "applied 1" in first.stdout
+        str(db) in first.stdout
+        and "m001_initial" in first.stdout
+        and f"applied {len(MIGRATIONS)}" in first.stdout
     )
     second = dapo("db", "init", "--db-path", db)
     assert second.exit_code == 0 and "already up to date" in second.stdout
     with Store(db) as s:
-        assert len(s.migrations()) == 1
+        assert len(s.migrations()) == len(MIGRATIONS)
 
 
 def test_db_path_defaults_to_the_environment(tmp_path, data_file):
