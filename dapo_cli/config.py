@@ -203,6 +203,11 @@ class RewardConfig:
 @dataclass
 class TrainConfig:
     steps: int = _f(100, "Optimiser rollout steps (each: sample, filter, update).")
+    max_samples: int = _f(
+        0,
+        "Also stop after the step in which the run's generated responses reach this many "
+        "(dynamic sampling's extra generation batches count); 0 = train.steps alone decides.",
+    )
     train_batch_size: int = _f(16, "Prompts with signal per rollout step.", paper="512")
     gen_batch_size: int = _f(48, "Prompts sampled per generation batch (over-sampling).", "1536")
     max_num_gen_batches: int = _f(
@@ -335,6 +340,34 @@ class EvalSettings:
         return self
 
 
+ABLATION_BUDGETS = ("steps", "samples")
+
+
+@dataclass
+class AblationSettings:
+    """``dapo ablate``: which rungs of the ladder, how many seeds, the budget each run gets
+    and the held-out evaluation every run shares (see ablation.py)."""
+
+    rungs: list[str] = field(default_factory=list)  # empty = every rung, in ladder order
+    seeds: int = 3  # seeds first_seed, first_seed + 1, ...
+    first_seed: int = 0
+    steps: int | None = None  # rollout steps per run (None = the config's train.steps)
+    budget: str = "steps"  # equal rollout steps, or equal generated samples (responses)
+    evals: int = 4  # held-out evaluations along each run, evenly spaced, the last at its end
+    eval_prompts: int = 128  # held-out prompts (0 = the whole split)
+    eval_split: str = "test"
+    k: int = 8  # samples per held-out prompt (avg@k, pass@k)
+
+    def check(self) -> AblationSettings:
+        if self.budget not in ABLATION_BUDGETS:
+            raise DapoError(f"--budget must be steps or samples, got {self.budget!r}")
+        if min(self.seeds, self.evals, self.k) < 1 or self.eval_prompts < 0:
+            raise DapoError("--seeds, --evals and --k must be at least 1, --eval-prompts >= 0")
+        if self.steps is not None and self.steps < 1:
+            raise DapoError(f"--steps must be at least 1, got {self.steps}")
+        return self
+
+
 SECTION_HELP = {
     "model": "Which model to train and where it runs.",
     "lora": "LoRA adapters (peft) instead of training every weight.",
@@ -425,6 +458,7 @@ def validate(config: Config) -> Config:
     t, r, a = config.train, config.rollout, config.algorithm
     checks = [
         (t.steps >= 1, "train.steps must be at least 1"),
+        (t.max_samples >= 0, "train.max_samples must be >= 0"),
         (r.group_size >= 1, "rollout.group_size must be at least 1"),
         (
             r.group_size >= 2 or not a.dynamic_sampling,

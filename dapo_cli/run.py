@@ -438,6 +438,7 @@ class Run:
     sinks: MetricSinks | None = None
     run_id: str = ""
     steps_done: int = 0
+    samples_done: int = 0  # responses generated so far (train.max_samples)
     history: list[dict[str, float]] = field(default_factory=list)
     pending: _StepStart | None = None  # a step under way: the state before it
 
@@ -456,6 +457,7 @@ class Run:
         metrics = dapo_step(self.step_state, self.config)
         self.pending = None  # the step is done: the live state is the good state
         self.steps_done += 1
+        self.samples_done += int(metrics["responses_generated"])
         self.history.append(metrics)
         self.sinks.record(self.run_id, self.steps_done, self.config.train.steps, metrics)
         return metrics
@@ -474,6 +476,7 @@ class Run:
             "generators": generators,  # every rank's sampling stream, in rank order
             "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
             "kl_reference": self.reference_source, "master_weights": master,
+            "samples": self.samples_done,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -484,6 +487,7 @@ class Run:
                 "by an older dapo_cli); resume it with that version or start a new run"
             )
         self.steps_done, self.run_id = state["step"], state["run_id"]
+        self.samples_done = state.get("samples", 0)  # older checkpoints: counted from here
         load_optimizer_state(self.trained, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.stream.load_state_dict(state["stream"])
@@ -505,15 +509,21 @@ class Run:
             ckpt.save_checkpoint(path, self.policy.model, self.policy.tokenizer, state)
         self.dist.barrier()
 
+    @property
+    def budget_spent(self) -> bool:
+        """train.max_samples responses generated (never, when it is 0)."""
+        return 0 < self.config.train.max_samples <= self.samples_done
+
     def train(self) -> TrainResult:
-        """Step to ``train.steps``; save the final checkpoint; report how it ended."""
+        """Step to ``train.steps`` (or ``train.max_samples``); save the final checkpoint;
+        report how it ended."""
         t, dist, sinks = self.config.train, self.dist, self.sinks
         status, note = "completed", ""
         interrupt = _GracefulInterrupt(self.observer)
         first_step = self.steps_done
         try:
             with interrupt.installed():
-                while self.steps_done < t.steps:
+                while self.steps_done < t.steps and not self.budget_spent:
                     try:
                         self.step()
                     except Converged as done:
@@ -523,7 +533,10 @@ class Run:
                     stop = dist.any(interrupt.requested)  # every rank stops at the same step
                     every = self.config.output.save_every
                     if stop or (
-                        every and self.steps_done % every == 0 and self.steps_done < t.steps
+                        every
+                        and self.steps_done % every == 0
+                        and self.steps_done < t.steps
+                        and not self.budget_spent  # the final checkpoint follows
                     ):
                         self.save(ckpt.step_dir(self.out_dir, self.steps_done))
                         if dist.main:

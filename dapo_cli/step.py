@@ -224,6 +224,7 @@ def _batch_stats(
         "gen_batches": float(n_batches),
         "prompts_trained": float(n_kept),
         "tokens_generated": float(lengths.sum()),
+        "responses_generated": float(len(lengths)),  # every generation batch's, G per prompt
     }
     if all(e is not None for e in seen["entropy"]):  # else the update measures it
         # over every generated token (response mask, truncated responses included)
