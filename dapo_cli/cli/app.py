@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dapo_cli import __version__
-from dapo_cli.cli import chat, data, db, merge, quickstart, train
+from dapo_cli.cli import ablate, chat, data, db, merge, quickstart, report, train
 from dapo_cli.cli import eval as eval_cmd
 from dapo_cli.cli.common import state
 
@@ -49,6 +49,8 @@ app.add_typer(eval_cmd.app)
 app.add_typer(chat.app)
 app.add_typer(merge.app)
 app.add_typer(quickstart.app)
+app.add_typer(ablate.app)
+app.add_typer(report.app)
 app.add_typer(db.app, name="db")
 
 

@@ -76,7 +76,7 @@ class RichObserver(TrainObserver):
         )
 
 
-def _progress() -> Progress:
+def progress_bars() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -179,7 +179,7 @@ def run_train_command(config: Path | None, overrides: list[str], resume: bool = 
 
     cfg = load_config(config, overrides)
     quiet_transformers()
-    with _progress() as progress:
+    with progress_bars() as progress:
         result = run_training(cfg, resume=resume, observer=RichObserver(progress))
     print_whole(_summary(result))
     console.print(f"checkpoint: {result.final_dir or '(the latest step checkpoint)'}")
@@ -262,7 +262,7 @@ def run_sft_command(
         data, split="train", fmt=data_format or "dapo", hub_config=data_config
     )
     quiet_transformers()
-    with _progress() as progress:
+    with progress_bars() as progress:
         bar = progress.add_task("sft", total=settings.steps, info="")
         summary = run_sft(
             samples, model, output, settings, db_path=db_path, data=str(data),
