@@ -392,6 +392,35 @@ def summary_rows(store, experiment_id: str) -> list[dict[str, Any]]:
     return rows
 
 
+def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The ablation table as text, for the terminal and the report alike: a header and one
+    row of cells per rung (accuracies in %, mean ± std over seeds; empty where not known)."""
+    k = rows[0]["k"] if rows else 0
+    header = ["rung", f"avg@{k} (%)", f"pass@{k} (%)", "seeds", "steps", "samples",
+              "train time", "reached GRPO's final at step", "paper: AIME24 avg@32"]  # fmt: skip
+
+    def pm(mean_std: tuple[float, float]) -> str:
+        mean, std = mean_std
+        return "—" if math.isnan(mean) else f"{mean * 100:.1f} ± {std * 100:.1f}"
+
+    def count(x: float) -> str:
+        return "" if math.isnan(x) else f"{x:.0f}"
+
+    def duration(seconds: float) -> str:
+        if math.isnan(seconds):
+            return ""
+        return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+    body = [
+        [r["label"], pm(r["avg"]), pm(r["pass"]), str(r["seeds"]), count(r["steps"]),
+         count(r["samples"]), duration(r["wall_s"]),
+         "" if r["reached_grpo_at"] is None else str(r["reached_grpo_at"]),
+         "" if r["paper"] is None else str(r["paper"])]
+        for r in rows
+    ]  # fmt: skip
+    return header, body
+
+
 def eval_curve(seeds: dict[int, dict[str, Any]], metric: str) -> dict[str, list[float]]:
     """Held-out ``metric`` against rollout step, mean and std over the seeds that have
     every step (the starting model is step 0)."""

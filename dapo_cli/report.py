@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dapo_cli.ablation import START, experiment_runs, rung, summary_rows
+from dapo_cli.ablation import START, experiment_runs, rung, summary_rows, table_cells
 from dapo_cli.errors import DapoError
 
 # (panel title, metrics drawn in it); a metric no run logged is left out
@@ -36,6 +36,8 @@ TRAIN_PANELS = (
     ("groups filtered (no signal)", ("groups_filtered",)),
     ("generation batches per step", ("gen_batches",)),
 )
+# where a training metric can lie, so a band of ± one std stays inside it (reward may be < 0)
+RATES = {"accuracy", "truncation_rate", "clip_frac_low", "clip_frac_high", "groups_filtered"}
 INSTALL_HINT = "dapo report draws with matplotlib: pip install 'dapo-cli[report]'"
 
 
@@ -134,10 +136,17 @@ def _style(ax, title: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def _band(ax, steps, means, stds, label, color, style="-") -> None:
+def _bounds(metric: str) -> tuple[float, float]:
+    if metric == "reward_mean":
+        return -math.inf, math.inf
+    return 0.0, 1.0 if metric in RATES else math.inf
+
+
+def _band(ax, steps, means, stds, label, color, style="-", bounds=(0.0, math.inf)) -> None:
     ax.plot(steps, means, style, label=label, color=color, lw=1.5)
-    low = [m - s for m, s in zip(means, stds, strict=False)]
-    high = [m + s for m, s in zip(means, stds, strict=False)]
+    lo, hi = bounds
+    low = [max(m - s, lo) for m, s in zip(means, stds, strict=False)]
+    high = [min(m + s, hi) for m, s in zip(means, stds, strict=False)]
     ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
 
 
@@ -162,7 +171,7 @@ def experiment_figures(store, experiment_id: str) -> list[Plot]:
             ]  # fmt: skip
             steps, means, stds = mean_band(curves)
             _band(ax, steps, [m * 100 for m in means], [s * 100 for s in stds],
-                  rung(name).label, colors[name], "-o")  # fmt: skip
+                  rung(name).label, colors[name], "-o", bounds=(0.0, 100.0))  # fmt: skip
         _style(ax, f"held-out {metric.split('/')[1]} (%)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -184,7 +193,7 @@ def experiment_figures(store, experiment_id: str) -> list[Plot]:
                 curves = [s[metric] for s in series[name] if metric in s]
                 steps, means, stds = mean_band(curves)
                 label = rung(name).label if metric == metrics[-1] else None
-                _band(ax, steps, means, stds, label, colors[name], style)
+                _band(ax, steps, means, stds, label, colors[name], style, _bounds(metric))
         _style(ax, panel + (" (low dashed, high solid)" if len(metrics) > 1 else ""))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8,
@@ -202,25 +211,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _pm(mean_std: tuple[float, float]) -> str:
-    mean, std = mean_std
-    return "—" if math.isnan(mean) else f"{mean * 100:.1f} ± {std * 100:.1f}"
-
-
 def ablation_table_html(rows: list[dict[str, Any]]) -> str:
-    k = rows[0]["k"] if rows else 0
-    header = ["rung", f"avg@{k} (%)", f"pass@{k} (%)", "seeds", "steps", "samples",
-              "train time (min)", "reached GRPO's final at step",
-              "paper: AIME24 avg@32"]  # fmt: skip
-    body = [
-        [r["label"], _pm(r["avg"]), _pm(r["pass"]), r["seeds"],
-         "" if math.isnan(r["steps"]) else f"{r['steps']:.0f}",
-         "" if math.isnan(r["samples"]) else f"{r['samples']:.0f}",
-         "" if math.isnan(r["wall_s"]) else f"{r['wall_s'] / 60:.1f}",
-         r["reached_grpo_at"] if r["reached_grpo_at"] is not None else "",
-         r["paper"] if r["paper"] is not None else ""]
-        for r in rows
-    ]  # fmt: skip
+    header, body = table_cells(rows)
     return _table(header, body)
 
 

@@ -193,8 +193,8 @@ def test_cli_ablate_prints_the_table_and_report_draws_it(tmp_path, split_data):
             "--set", "train.gen_batch_size=4", "--set", "train.mini_batch_size=1"]  # fmt: skip
     result = CliRunner().invoke(app, args, terminal_width=220)
     assert result.exit_code == 0, result.output
-    for text in ("ablation: held-out accuracy", "naive GRPO", "+ token-level loss",
-                 "starting model", "paper AIME24", "dapo report --db-path"):  # fmt: skip
+    for text in ("ablation: final held-out accuracy", "naive GRPO", "+ token-level loss",
+                 "starting model", "paper: AIME24", "dapo report --db-path"):  # fmt: skip
         assert text in result.output, text
     bad = CliRunner().invoke(app, [*args[:5], "--rungs", "grpo,nope"])
     assert bad.exit_code == 1 and "unknown nope" in bad.output

@@ -85,7 +85,7 @@ def test_cli_report_writes_the_page_and_pngs(store_path, tmp_path):
         experiment = store.experiments()[0]["id"]
     only = CliRunner().invoke(app, [*args[:3], "--output", str(tmp_path / "one.html"),
                                     "--experiment", experiment[:6]])  # fmt: skip
-    assert only.exit_code == 0 and "1 sections, 2 plots" in only.output
+    assert only.exit_code == 0 and "1 section, 2 plots" in only.output
 
 
 def _lone_run(db) -> str:

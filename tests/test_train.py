@@ -199,8 +199,9 @@ def test_cli_train_runs_and_bad_flags_fail_before_work(tmp_path, data_file):
     assert bad.exit_code == 1
     assert bad.stderr.strip().splitlines() == [
         "Error: config: unknown key train.lrr (known: gen_batch_size, grad_clip, lr, "
-        "lr_schedule, max_num_gen_batches, max_samples, micro_batch_size, mini_batch_size, on_gen_cap, "
-        "parallelism, ppo_epochs, seed, steps, train_batch_size, warmup_steps, weight_decay)"
+        "lr_schedule, max_num_gen_batches, max_samples, micro_batch_size, mini_batch_size, "
+        "on_gen_cap, parallelism, ppo_epochs, seed, steps, train_batch_size, warmup_steps, "
+        "weight_decay)"
     ]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -168,29 +167,15 @@ class StageObserver(RichObserver):
         self.progress.console.print(Rule(text, align="left"))
 
 
-def _pm(mean_std: tuple[float, float], scale: float = 100.0) -> str:
-    mean, std = mean_std
-    if math.isnan(mean):
-        return "—"
-    return f"{mean * scale:.1f} ± {std * scale:.1f}"
-
-
 def ablation_table(rows: list[dict[str, Any]]) -> Table:
     """The ablation's table: held-out accuracy mean ± std over seeds per rung, with the
     budget each spent and the paper's AIME 2024 row beside it."""
-    k = rows[0]["k"] if rows else 0
-    seeds = max((r["seeds"] for r in rows), default=0)
-    table = Table(title=f"ablation: held-out accuracy (%, mean ± std over {seeds} seeds)")
-    for col in ("rung", f"avg@{k}", f"pass@{k}", "steps", "samples", "train time",
-                "reached GRPO's final at step", "paper AIME24"):  # fmt: skip
-        table.add_column(col, justify="left" if col == "rung" else "right")
-    for r in rows:
-        table.add_row(
-            r["label"], _pm(r["avg"]), _pm(r["pass"]),
-            "" if math.isnan(r["steps"]) else f"{r['steps']:.0f}",
-            "" if math.isnan(r["samples"]) else f"{r['samples']:.0f}",
-            "" if math.isnan(r["wall_s"]) else f"{r['wall_s'] / 60:.1f} min",
-            "" if r["reached_grpo_at"] is None else str(r["reached_grpo_at"]),
-            "" if r["paper"] is None else str(r["paper"]),
-        )  # fmt: skip
+    from dapo_cli.ablation import table_cells
+
+    header, body = table_cells(rows)
+    table = Table(title="ablation: final held-out accuracy")
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for cells in body:
+        table.add_row(*cells)
     return table

@@ -49,6 +49,13 @@ def report(
         sections = build_report(store, experiment, run)
     output = output or path.parent / "report.html"
     count = write_report(sections, output, f"dapo report: {path}", png)
-    console.print(f"report: {output} ({len(sections)} sections, {count} plots)", soft_wrap=True)
+    console.print(
+        f"report: {output} ({_count(len(sections), 'section')}, {_count(count, 'plot')})",
+        soft_wrap=True,
+    )
     if png is not None:
         console.print(f"plots:  {png}/", soft_wrap=True)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
