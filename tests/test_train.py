@@ -507,3 +507,10 @@ def test_entropy_counts_every_generated_token_truncated_included(tmp_path, data_
     assert batch.stats["entropy"] == pytest.approx(want, rel=1e-4)
     # the old metric (over the loss mask) leaves the truncated responses out
     assert float(batch.loss_mask.sum()) < float(mask.sum())
+
+
+def test_step_line_shows_a_dash_where_no_token_was_measured_not_nan():
+    from dapo_cli.cli.train import format_step
+
+    line = format_step({"reward_mean": -1.0, "clip_frac_high": math.nan, "approx_kl": math.nan})
+    assert line == "reward -1.00  clip —  kl —"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -41,9 +42,12 @@ _STEP_FIELDS = (
 
 def format_step(metrics: dict[str, float]) -> str:
     """One line per step; ``partial 0.69`` when dynamic sampling filled only that share of
-    the batch (train.on_gen_cap=continue)."""
+    the batch (train.on_gen_cap=continue); ``—`` for a statistic no token was measured for
+    (clip and KL when every group was all right or all wrong, so no row was run)."""
     line = "  ".join(
-        f"{label} {fmt.format(metrics[key])}" for label, key, fmt in _STEP_FIELDS if key in metrics
+        f"{label} {'—' if math.isnan(metrics[key]) else fmt.format(metrics[key])}"
+        for label, key, fmt in _STEP_FIELDS
+        if key in metrics
     )
     fill = metrics.get("batch_fill", 1.0)
     return line + (f"  partial {fill:.2f}" if fill < 1.0 else "")
