@@ -212,6 +212,17 @@ def _json_round_trip(value: dict) -> dict:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def check_inputs(base: Config, settings: AblationSettings) -> None:
+    """Fail before any work (no workdir, store or generated data) on a missing local model or
+    data that cannot be read or has no held-out prompts."""
+    from dapo_cli.models import resolve_model_source
+
+    if base.model.name:
+        resolve_model_source(base.model.name)
+    if base.data.path:
+        held_out_samples(base, settings)
+
+
 def held_out_samples(base: Config, settings: AblationSettings) -> list[dict[str, Any]]:
     """The prompts every run is judged on: the first ``eval_prompts`` of the data's held-out
     split, filtered as training filters (data.task_types)."""

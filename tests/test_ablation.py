@@ -198,3 +198,11 @@ def test_cli_ablate_prints_the_table_and_report_draws_it(tmp_path, split_data):
         assert text in result.output, text
     bad = CliRunner().invoke(app, [*args[:5], "--rungs", "grpo,nope"])
     assert bad.exit_code == 1 and "unknown nope" in bad.output
+
+
+def test_cli_ablate_refuses_a_missing_model_or_data_before_any_work(tmp_path):
+    for flags in (["--model", str(tmp_path / "no-model")], ["--data", str(tmp_path / "no.jsonl")]):
+        work = tmp_path / "abl"
+        result = CliRunner().invoke(app, ["ablate", "--workdir", str(work), *flags])
+        assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+        assert not work.exists()  # no store, no generated data, no warm start

@@ -95,16 +95,17 @@ def ablate(  # long for its option declarations; the body maps them to settings
         typer.Option("--set", help="Config override of every run, section.key=value."),
     ] = None,
 ) -> None:
-    """Run the DAPO paper's ablation ladder: naive GRPO, + overlong filtering, + clip-higher,
-    + soft overlong punishment, + token-level loss, + dynamic sampling (= DAPO), each over
-    --seeds seeds from the same starting model at an equal budget, every run evaluated on the
-    same held-out prompts; prints the table (mean ± std over seeds) beside the paper's.
+    """Run the DAPO paper's ablation ladder: naive GRPO, then overlong filtering, clip-higher,
+    soft overlong punishment, token-level loss and dynamic sampling added one by one (the last
+    rung is full DAPO), each over --seeds seeds from the same starting model at an equal
+    budget, every run evaluated on the same held-out prompts; prints the table (mean ± std
+    over seeds) beside the paper's.
 
     Every run and eval is filed under one experiment in the store. Rerun the same command to
     resume an interrupted ablation: finished runs are skipped, a cut run continues from its
     checkpoint. `dapo report` draws it.
     """
-    from dapo_cli.ablation import parse_rungs, run_ablation
+    from dapo_cli.ablation import check_inputs, parse_rungs, run_ablation
 
     if preset is not None and config is not None:
         raise DapoError("give --preset or --config, not both")
@@ -116,10 +117,12 @@ def ablate(  # long for its option declarations; the body maps them to settings
     overrides += [f"{key}={v}" for key, v in (("model.name", model), ("model.dtype", dtype),
                   ("data.format", data_format)) if v is not None]  # fmt: skip
     base = load_config(preset_path(preset) if preset else config, overrides)
+    base.data.path = data or base.data.path
+    check_inputs(base, settings)
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAPO_HOME", str(workdir / "models"))  # the embedded model's cache
     db_path = db_path or workdir / "dapo.db"
-    base.data.path = data or base.data.path or str(generated_data(workdir, base))
+    base.data.path = base.data.path or str(generated_data(workdir, base))
     base.output.db_path = str(db_path)
 
     quiet_transformers()
