@@ -15,8 +15,10 @@ when none is given), ``runs/<rung>-s<seed>/`` (each run's output_dir).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import shutil
 import statistics
 from dataclasses import dataclass, field
@@ -138,7 +140,7 @@ class AblationResult:
     rows: list[dict[str, Any]] = field(default_factory=list)  # summary_rows()
 
 
-def run_ablation(  # the ablation top to bottom: experiment, then per seed, per rung
+def run_ablation(
     base: Config,
     settings: AblationSettings,
     workdir: Path,
@@ -146,7 +148,47 @@ def run_ablation(  # the ablation top to bottom: experiment, then per seed, per 
     observer: AblationObserver | None = None,
 ) -> AblationResult:
     """Run (or resume) the ablation of ``base`` as ``settings`` say, in ``workdir``, the
-    held-out prompts from ``base.data.path``. Returns the summary (see ``summary_rows``)."""
+    held-out prompts from ``base.data.path``. Returns the summary (see ``summary_rows``).
+    One process per workdir: a second one is refused while the first runs."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir):
+        return _ablate(base, settings, workdir, db_path, observer)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path):
+    """Hold ``workdir`` for this process (an advisory lock the OS drops when the process
+    ends, however it ends): two ablations in one workdir would train into the same
+    checkpoint folders."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(workdir / ".ablate.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise DapoError(
+                f"{workdir}: another dapo ablate is running here (pid {holder}); wait for it, "
+                "or use another --workdir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def _ablate(  # the ablation top to bottom: experiment, then per seed, per rung
+    base: Config,
+    settings: AblationSettings,
+    workdir: Path,
+    db_path: Path,
+    observer: AblationObserver | None,
+) -> AblationResult:
     from dapo_cli.run import run_training
     from dapo_cli.store import Store
 

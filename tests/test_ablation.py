@@ -206,3 +206,14 @@ def test_cli_ablate_refuses_a_missing_model_or_data_before_any_work(tmp_path):
         result = CliRunner().invoke(app, ["ablate", "--workdir", str(work), *flags])
         assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
         assert not work.exists()  # no store, no generated data, no warm start
+
+
+def test_a_second_ablation_in_a_busy_workdir_is_refused(tmp_path, split_data):
+    work = tmp_path / "abl"
+    work.mkdir()
+    args = ["ablate", "--data", str(split_data), "--workdir", str(work), "--seeds", "1"]
+    with ablation.workdir_lock(work):  # as a first `dapo ablate` holds it
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert f"another dapo ablate is running here (pid {os.getpid()})" in result.output
+    assert not (work / "dapo.db").exists()
