@@ -234,10 +234,9 @@ def open_experiment(store, name: str, recorded: dict, observer) -> str:
     if not existing:
         return store.start_experiment(EXPERIMENT_KIND, name, recorded)
     experiment = existing[-1]
-    if experiment["settings"] != _json_round_trip(recorded):
-        differ = sorted(
-            k for k in recorded if _json_round_trip(recorded)[k] != experiment["settings"].get(k)
-        )
+    wanted = _json_round_trip(recorded)  # as the store gives it back
+    if experiment["settings"] != wanted:
+        differ = sorted(k for k in wanted if wanted[k] != experiment["settings"].get(k))
         raise DapoError(
             f"{name} holds ablation {experiment['id'][:8]} with other settings "
             f"({', '.join(differ)} differ); rerun it as it was to resume it, or use another "
@@ -418,7 +417,8 @@ def summary_rows(store, experiment_id: str) -> list[dict[str, Any]]:
     k = store.get_experiment(experiment_id)["settings"]["k"]
     cells = experiment_runs(store, experiment_id)
     curves = {name: eval_curve(seeds, f"all/avg@{k}") for name, seeds in cells.items()}
-    grpo_final = curves.get("grpo", {}).get("mean", [math.nan])[-1] if "grpo" in curves else None
+    grpo = curves.get("grpo")
+    grpo_final = grpo["mean"][-1] if grpo and grpo["mean"] else None
     rows = []
     for name, seeds in cells.items():
         finals = [c["evals"][max(c["evals"])] for c in seeds.values() if c["evals"]]
@@ -474,13 +474,29 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
     return header, body
 
 
+def eval_curves(seeds: dict[int, dict[str, Any]], metric: str) -> list[tuple[list, list]]:
+    """Each seed's held-out ``metric`` against rollout step: [(steps, values)], seed order."""
+    return [
+        (sorted(c["evals"]), [c["evals"][s].get(metric, math.nan) for s in sorted(c["evals"])])
+        for c in seeds.values()
+    ]
+
+
+def mean_band(curves: list[tuple[list, list]]) -> tuple[list[int], list, list]:
+    """Mean and std over curves (seeds) at each step every curve has: (steps, means, stds)."""
+    if not curves:
+        return [], [], []
+    common = sorted(set.intersection(*(set(s) for s, _ in curves)))
+    at = [dict(zip(s, v, strict=False)) for s, v in curves]
+    stats = [_mean_std([c[step] for c in at]) for step in common]
+    return common, [m for m, _ in stats], [s for _, s in stats]
+
+
 def eval_curve(seeds: dict[int, dict[str, Any]], metric: str) -> dict[str, list[float]]:
     """Held-out ``metric`` against rollout step, mean and std over the seeds that have
     every step (the starting model is step 0)."""
-    steps = sorted(set.intersection(*(set(c["evals"]) for c in seeds.values())) or set())
-    values = [[seeds[s]["evals"][step].get(metric, math.nan) for s in seeds] for step in steps]
-    stats = [_mean_std(v) for v in values]
-    return {"steps": steps, "mean": [m for m, _ in stats], "std": [s for _, s in stats]}
+    steps, means, stds = mean_band(eval_curves(seeds, metric))
+    return {"steps": steps, "mean": means, "std": stds}
 
 
 def _train_totals(store, run_id: str) -> dict[str, float]:

@@ -17,12 +17,19 @@ import base64
 import html
 import io
 import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dapo_cli.ablation import START, experiment_runs, rung, summary_rows, table_cells
+from dapo_cli.ablation import (
+    START,
+    eval_curves,
+    experiment_runs,
+    mean_band,
+    rung,
+    summary_rows,
+    table_cells,
+)
 from dapo_cli.errors import DapoError
 
 # (panel title, metrics drawn in it); a metric no run logged is left out
@@ -115,18 +122,6 @@ def run_figure(series: dict[str, tuple[list[int], list[float]]], title: str) -> 
     return _png(fig)
 
 
-def mean_band(curves: list[tuple[list[int], list[float]]]) -> tuple[list[int], list, list]:
-    """Mean and std over seeds at each step every seed logged: (steps, means, stds)."""
-    if not curves:
-        return [], [], []
-    common = sorted(set.intersection(*(set(s) for s, _ in curves)))
-    at = [dict(zip(s, v, strict=False)) for s, v in curves]
-    values = [[c[step] for c in at] for step in common]
-    means = [statistics.fmean(v) for v in values]
-    stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-    return common, means, stds
-
-
 def _style(ax, title: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -164,11 +159,7 @@ def experiment_figures(store, experiment_id: str) -> list[Plot]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax, metric in zip(axes, (f"all/avg@{k}", f"all/pass@{k}"), strict=False):
         for name in rungs:
-            curves = [
-                (sorted(c["evals"]), [c["evals"][s].get(metric, math.nan)
-                                      for s in sorted(c["evals"])])
-                for c in cells[name].values() if c["evals"]
-            ]  # fmt: skip
+            curves = [c for c in eval_curves(cells[name], metric) if c[0]]  # seeds evaluated
             steps, means, stds = mean_band(curves)
             _band(ax, steps, [m * 100 for m in means], [s * 100 for s in stds],
                   rung(name).label, colors[name], "-o", bounds=(0.0, 100.0))  # fmt: skip
